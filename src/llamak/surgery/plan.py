@@ -1,0 +1,115 @@
+"""Tensor plans: for every output tensor, where it comes from — and one executor that streams them.
+
+A plan is a list of `PlannedTensor`s, built by a planner (`expand.py`, `chat_vector.py`, …) that only
+reads checkpoint headers and layer maps and does no arithmetic. Each output is one of:
+
+- `Copy(role, name)`: the bytes of an input tensor, copied inside the kernel;
+- `Zeros()`: an all-zero tensor (a hole in the pre-sized output file, nothing to write);
+- `Compute(fn, inputs, params)`: `fn(*tensors, **params)` over input tensors read one at a time.
+
+`execute` runs a plan with at most `workers` computations in flight, so peak memory stays about
+`workers × (inputs + 1) × largest tensor`, never the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llamak.surgery.tensors import DEFAULT_SHARD_BYTES, CheckpointReader, ShardedWriter, TensorSpec
+
+_LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?layers\.)(?P<index>\d+)\.(?P<rest>.+)$")
+
+
+def split_layer_name(name: str) -> tuple[str, int, str] | None:
+    """'model.layers.7.mlp.down_proj.weight' → ('model.layers.', 7, 'mlp.down_proj.weight'); else None."""
+    m = _LAYER_NAME.match(name)
+    return (m["prefix"], int(m["index"]), m["rest"]) if m else None
+
+
+def layer_name(prefix: str, index: int, rest: str) -> str:
+    return f"{prefix}{index}.{rest}"
+
+
+@dataclass(frozen=True)
+class Copy:
+    role: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Zeros:
+    pass
+
+
+@dataclass(frozen=True)
+class Compute:
+    fn: Callable[..., torch.Tensor]
+    inputs: tuple[tuple[str, str], ...]  # (role, tensor name) pairs, passed positionally
+    params: dict = field(default_factory=dict)
+
+
+Op = Copy | Zeros | Compute
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    spec: TensorSpec
+    op: Op
+
+
+def execute(
+    plan: list[PlannedTensor],
+    readers: dict[str, CheckpointReader],
+    out_dir: Path,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int = 1,
+    desc: str = "tensors",
+    progress: bool = True,
+) -> None:
+    """Write every planned tensor into safetensors shards in `out_dir`."""
+    writer = ShardedWriter(out_dir, [p.spec for p in plan], max_shard_bytes)
+
+    def run(item: PlannedTensor) -> None:
+        op = item.op
+        if isinstance(op, Zeros):
+            writer.mark_zero(item.spec.name)
+        elif isinstance(op, Copy):
+            writer.copy_bytes(item.spec.name, readers[op.role], op.name)
+        else:
+            tensors = [readers[role].read(name) for role, name in op.inputs]
+            result = op.fn(*tensors, **op.params)
+            del tensors
+            writer.write(item.spec.name, result)
+
+    bar = tqdm(total=len(plan), desc=desc, unit="tensor", disable=not progress)
+    try:
+        if workers <= 1:
+            for item in plan:
+                run(item)
+                bar.update()
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                in_flight = set()
+                for item in plan:
+                    if len(in_flight) >= workers:
+                        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            f.result()
+                            bar.update()
+                    in_flight.add(pool.submit(run, item))
+                for f in in_flight:
+                    f.result()
+                    bar.update()
+    except BaseException:
+        writer.close(check=False)
+        raise
+    finally:
+        bar.close()
+    writer.close()

@@ -1,0 +1,43 @@
+"""Tiny local Llama checkpoints for tests: built in a temp dir, no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def make_llama(path, layers=4, hidden=32, vocab=256, seed=0, shard_size=None, tied=False, dtype=torch.float32):
+    """Save a random tiny LlamaForCausalLM (non-zero everywhere, so copies and zeros are visible)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config).to(dtype)
+    with torch.no_grad():  # random norms too, so every tensor matters in logit comparisons
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_sharded(tmp_path_factory):
+    return make_llama(tmp_path_factory.mktemp("models") / "tiny-sharded", shard_size="40KB")
