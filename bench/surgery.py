@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,10 +109,12 @@ model.load_state_dict(new, strict=False)
 model.save_pretrained(out, max_shard_size="1GB")
 """
 
+# Peak RSS is VmHWM from /proc: unlike ru_maxrss it is not inherited from the forking parent.
 WRAPPER = """
-import resource, sys, time
+import re, sys, time
 {body}
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+print(time.perf_counter() - t, hwm)
 """
 
 
@@ -161,8 +164,10 @@ def main() -> None:
         variants["LLaMA-Factory (load+save)"] = lambda out: run_child(LLAMA_FACTORY, src, out, args.blocks)
     results = {}
     for r in range(args.repeat):
-        for name, fn in variants.items():
+        order = list(variants.items())
+        for name, fn in order if r % 2 == 0 else reversed(order):  # alternate: no order bias
             out = root / f"out-{r}-{name.split()[0]}"
+            os.sync()  # start each run without the previous run's dirty pages to write back
             seconds, rss = fn(out)
             written = dir_bytes(out)
             best = results.get(name)

@@ -148,3 +148,14 @@ def test_expanded_target_with_layers_beyond_base_is_refused(trio, tmp_path):
     small_base = make_llama(tmp_path / "sb", layers=4)
     with pytest.raises(ArchitectureMismatch, match="maps to base layer"):
         chat_vector(small_base, make_llama(tmp_path / "si", layers=4, seed=9), expanded, tmp_path / "out", progress=False)
+
+
+def test_chunked_arithmetic_equals_direct_formula(monkeypatch):
+    from llamak.surgery import chat_vector as cv
+
+    monkeypatch.setattr(cv, "CHUNK_ELEMENTS", 7)  # force many uneven chunks
+    g = torch.Generator().manual_seed(0)
+    t, b, i = (torch.randn(5, 9, generator=g).to(torch.bfloat16) for _ in range(3))
+    got = cv.add_chat_vector(t, b, i, ratio=0.3)
+    expected = (t.float() + 0.3 * (i.float() - b.float())).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)

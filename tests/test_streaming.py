@@ -43,19 +43,24 @@ def synthetic_llama(path):
     return path, sum(s.nbytes for s in specs)
 
 
+# VmRSS/VmHWM from /proc belong to this process image; ru_maxrss would include the RSS that the
+# forking parent (pytest) had, which could hide any growth.
 PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import re, sys
     from llamak.surgery.expand import expand
     from llamak.surgery.chat_vector import chat_vector
+
+    def kb(field):
+        return int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+
     src, out = sys.argv[1], sys.argv[2]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = kb("VmRSS")
     if sys.argv[3] == "expand":
         expand(src, out, blocks=8, max_shard_bytes=64 * 2**20, progress=False)
     else:
         chat_vector(src, src, src, out, ratio=1.0, workers=2, max_shard_bytes=64 * 2**20, progress=False)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    print((kb("VmHWM") - before) * 1024)
     """
 )
 

@@ -377,4 +377,6 @@ def resolve_model(ref: str | Path, role: str = "model") -> Path:
             snapshot_download(ref, allow_patterns=["*.safetensors", "*.json", "tokenizer*", "*.jinja", "*.model"])
         )
     except Exception as e:  # offline, unknown repo, gated model …
-        raise CheckpointError(f"{role} {ref}: not a local directory, and fetching it from the hub failed ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"{role} {ref}: no such local directory, and fetching it as a Hugging Face hub id failed ({type(e).__name__})"
+        ) from None

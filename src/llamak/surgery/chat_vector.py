@@ -37,9 +37,21 @@ EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 
 
+CHUNK_ELEMENTS = 1 << 24  # float32 work per chunk: 64 MB, whatever the tensor's size
+
+
 def add_chat_vector(target: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor, ratio: float) -> torch.Tensor:
-    """target + ratio·(instruct − base), computed in float32, returned in the target's dtype."""
-    return (target.float() + ratio * (instruct.float() - base.float())).to(target.dtype)
+    """target + ratio·(instruct − base), computed in float32, returned in the target's dtype.
+
+    Works in chunks so that a 2 GB bf16 embedding of a 70B model needs 64 MB of float32 scratch,
+    not three float32 copies of itself.
+    """
+    out = torch.empty_like(target)
+    t, b, i, o = (x.reshape(-1) for x in (target, base, instruct, out))
+    for start in range(0, t.numel(), CHUNK_ELEMENTS):
+        end = start + CHUNK_ELEMENTS
+        o[start:end] = (t[start:end].float() + ratio * (i[start:end].float() - b[start:end].float())).to(o.dtype)
+    return out
 
 
 def is_embedding(name: str) -> bool:

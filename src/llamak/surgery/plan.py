@@ -76,7 +76,7 @@ def execute(
     """Write every planned tensor into safetensors shards in `out_dir`."""
     writer = ShardedWriter(out_dir, [p.spec for p in plan], max_shard_bytes)
 
-    def run(item: PlannedTensor) -> None:
+    def run(item: PlannedTensor) -> int:
         op = item.op
         if isinstance(op, Zeros):
             writer.mark_zero(item.spec.name)
@@ -87,13 +87,15 @@ def execute(
             result = op.fn(*tensors, **op.params)
             del tensors
             writer.write(item.spec.name, result)
+        return item.spec.nbytes
 
-    bar = tqdm(total=len(plan), desc=desc, unit="tensor", disable=not progress)
+    # Progress in bytes: tensor sizes vary by 1000× (norms vs embeddings), bytes track time.
+    bar = tqdm(total=sum(p.spec.nbytes for p in plan), desc=desc, unit="B", unit_scale=True, disable=not progress)
     try:
         if workers <= 1:
             for item in plan:
                 run(item)
-                bar.update()
+                bar.update(item.spec.nbytes)
         else:
             with ThreadPoolExecutor(workers) as pool:
                 in_flight = set()
@@ -101,12 +103,10 @@ def execute(
                     if len(in_flight) >= workers:
                         finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                         for f in finished:
-                            f.result()
-                            bar.update()
+                            bar.update(f.result())
                     in_flight.add(pool.submit(run, item))
                 for f in in_flight:
-                    f.result()
-                    bar.update()
+                    bar.update(f.result())
     except BaseException:
         writer.close(check=False)
         raise
