@@ -67,7 +67,18 @@ def resolve(ref: str, role: str) -> Path:
 # --------------------------------------------------------------------------- zoo
 
 
-@zoo_app.command("list")
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the llamak version and exit.", is_eager=True)] = False,
+) -> None:
+    if version:
+        from llamak import __version__
+
+        typer.echo(f"llamak {__version__}")
+        raise typer.Exit()
+
+
+@zoo_app.command("list", epilog="Example:\n\n    llamak zoo list")
 def zoo_list() -> None:
     """List the embedded models and whether each is built in the cache."""
     from llamak.zoo import ZOO, cached_path
