@@ -13,6 +13,8 @@ reads checkpoint headers and layer maps and does no arithmetic. Each output is o
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import re
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -64,6 +66,20 @@ class PlannedTensor:
     op: Op
 
 
+@functools.cache
+def return_freed_tensors_to_os() -> None:
+    """Pin glibc's mmap threshold so every tensor buffer ≥ 128 KiB is its own mapping, unmapped on free.
+
+    By default glibc raises the threshold after each large free (up to 32 MiB), after which tensor
+    buffers come from the heap and freed ones stay resident through fragmentation: streaming a
+    400 MB model then peaked 65 MB above start, an 800 MB one 72 MB; pinned, both stay near 20 MB.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def execute(
     plan: list[PlannedTensor],
     readers: dict[str, CheckpointReader],
@@ -74,6 +90,7 @@ def execute(
     progress: bool = True,
 ) -> None:
     """Write every planned tensor into safetensors shards in `out_dir`."""
+    return_freed_tensors_to_os()
     writer = ShardedWriter(out_dir, [p.spec for p in plan], max_shard_bytes)
 
     def run(item: PlannedTensor) -> int:
