@@ -3,20 +3,12 @@
 import pytest
 import torch
 from conftest import make_llama
-from helpers import load, random_ids
-from safetensors.torch import load_file
+from helpers import load, random_ids, state
 
 from llamak.errors import ArchitectureMismatch
 from llamak.lineage import read_lineage
 from llamak.surgery.chat_vector import chat_vector
 from llamak.surgery.expand import expand
-
-
-def state(path):
-    out = {}
-    for f in sorted(path.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +114,61 @@ def test_untied_target_with_tied_base_uses_base_embeddings_as_lm_head(tmp_path):
     assert torch.allclose(O["lm_head.weight"], T["lm_head.weight"] + I[e] - B[e], atol=1e-6)
 
 
-def test_output_loads_and_generates(trio, tmp_path):
+@pytest.mark.parametrize("expanded", [False, True])
+def test_output_loads_and_generates(trio, tmp_path, expanded):
     base, instruct, target = trio
+    if expanded:
+        expand(target, tmp_path / "expanded", blocks=2, progress=False)
+        target = tmp_path / "expanded"
     out = tmp_path / "out"
     chat_vector(base, instruct, target, out, progress=False)
     model = load(out)
+    assert model.config.num_hidden_layers == (6 if expanded else 4)
     generated = model.generate(random_ids(batch=1, length=5), max_new_tokens=4, do_sample=False)
     assert generated.shape == (1, 9)
+
+
+def test_expanded_base_and_instruct_never_touch_inserted_blocks(trio, tmp_path):
+    """B, I and T all expanded with one map: original layers get I − B, inserted blocks stay as T's."""
+    base, instruct, target = trio
+    for name, model in [("b", base), ("i", instruct), ("t", target)]:
+        expand(model, tmp_path / name, blocks=2, progress=False)
+    out = tmp_path / "out"
+    chat_vector(tmp_path / "b", tmp_path / "i", tmp_path / "t", out, progress=False)
+    B, I, T, O = state(tmp_path / "b"), state(tmp_path / "i"), state(tmp_path / "t"), state(out)
+    for name, value in T.items():
+        if name.startswith(("model.layers.2.", "model.layers.5.")):
+            assert torch.equal(O[name], value), name
+        else:
+            assert torch.allclose(O[name], value + I[name] - B[name], atol=1e-6), name
+
+
+def test_failure_mid_stream_leaves_no_output(trio, tmp_path):
+    """A shard truncated after its header was read: the error surfaces and nothing is left behind."""
+    import shutil
+
+    base, instruct, target = trio
+    broken = tmp_path / "broken"
+    shutil.copytree(target, broken)
+    shard = sorted(broken.glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    out = tmp_path / "out"
+    from llamak.surgery.tensors import CheckpointReader
+
+    with CheckpointReader(broken) as reader:  # a valid header first, then the bytes go missing
+        shard.write_bytes(data[: len(data) - 64])
+        from llamak.errors import CheckpointError
+        from llamak.surgery import chat_vector as cv
+
+        with pytest.raises(CheckpointError, match="truncated"):
+            t = cv.ModelDir.open(broken, "--target")
+            b, i = cv.ModelDir.open(base), cv.ModelDir.open(instruct)
+            result = cv.ChatVectorResult(out)
+            readers = {"target": reader, "base": b.reader(), "instruct": i.reader()}
+            plan = cv.plan_chat_vector(t, b, readers, 1.0, "skip", False, result)
+            with cv.atomic_output(out) as tmp:
+                cv.execute(plan, readers, tmp, progress=False)
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
 @pytest.mark.parametrize("field, kwargs", [("hidden_size", {"hidden": 64}), ("num_hidden_layers", {"layers": 2})])

@@ -132,6 +132,21 @@ def test_chat_vector_architecture_mismatch(model, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["expand", "m", "--out", "o", "--blocks", "abc"], "--blocks"), (["expand", "m"], "--out"), (["nosuch"], "nosuch")],
+)
+def test_usage_errors_are_one_line(args, needle):
+    assert_one_line_error(run(*args), needle)
+
+
+def test_output_path_that_is_a_file(model, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert_one_line_error(run("expand", model, "--out", target, "-n", "1", "--overwrite"), "new directory path")
+    assert target.read_text() == "x"
+
+
 def test_debug_env_shows_traceback(tmp_path):
     proc = run("expand", tmp_path / "nope", "--out", tmp_path / "o", "-n", "1", env={"LLAMAK_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr

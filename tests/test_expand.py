@@ -5,18 +5,11 @@ import json
 import pytest
 import torch
 from helpers import load, logits, random_ids
-from safetensors.torch import load_file
+from helpers import state as all_tensors
 
 from llamak.errors import LlamakError
 from llamak.lineage import read_lineage
 from llamak.surgery.expand import default_insert_after, expand, expanded_layer_map
-
-
-def all_tensors(path):
-    out = {}
-    for f in sorted(path.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_sharded"])

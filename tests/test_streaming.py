@@ -84,6 +84,6 @@ def test_peak_memory_stays_far_below_model_size(tmp_path, operation):
     growth = int(proc.stdout.strip().splitlines()[-1])
     largest = 2 * 2**20  # a 1024 × 512 float32 tensor
     # A whole-model load would grow by ≥ 400 MB; streaming holds a few tensors per worker
-    # (chat vector: 2 workers × (3 inputs + 1 output)). Generous bound: 10 tensors + 16 MB.
+    # (chat vector: 2 workers × (3 inputs + 1 output + float32 temporaries)). Generous bound: 16 tensors + 16 MB.
     message = f"peak RSS grew {growth / 2**20:.0f} MB for a {model_bytes / 2**20:.0f} MB model"
-    assert growth < 10 * largest + 16 * 2**20, message
+    assert growth < 16 * largest + 16 * 2**20, message

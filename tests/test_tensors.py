@@ -95,6 +95,24 @@ def test_shard_layout_keeps_order_and_gives_oversized_tensor_its_own_shard():
     assert [[s.name for s in shard] for shard in shards] == [["0", "1"], ["2"], ["3"]]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'[1, 2]',
+        b'{"w": {"shape": [2], "data_offsets": [0, 8]}}',
+        b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}',
+        b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 800]}}',
+    ],
+    ids=["not-an-object", "no-dtype", "offsets-vs-shape", "past-end-of-file"],
+)
+def test_malformed_headers_are_checkpoint_errors(tmp_path, header):
+    import struct
+
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        CheckpointReader(tmp_path)
+
+
 def test_pickled_checkpoint_is_refused_with_a_hint(tmp_path):
     torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="--allow-pickle"):

@@ -92,7 +92,8 @@ def test_tiny_pair_is_related_and_loads(tiny_pair):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, instruct, base_metrics, instruct_metrics = tiny_pair
-    assert base_metrics["steps"] == 2 and instruct_metrics["last_loss"] is not None
+    for metrics in (base_metrics, instruct_metrics):  # real losses of a 128K-vocabulary model
+        assert 0 < metrics["last_loss"] < 13 and 0 < metrics["first_loss"] < 13
     b, i = load_file(base / "model.safetensors"), load_file(instruct / "model.safetensors")
     assert b.keys() == i.keys() and "lm_head.weight" in b  # untied, like Llama-3.1-70B
     changed = [k for k in b if not torch.equal(b[k], i[k])]

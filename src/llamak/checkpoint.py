@@ -45,6 +45,8 @@ class ModelDir:
             config = json.loads(config_path.read_text())
         except ValueError as e:
             raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_path}: expected a JSON object")
         model_type = config.get("model_type")
         if model_type not in LLAMA_FAMILY:
             raise CheckpointError(

@@ -15,6 +15,11 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # typer ≥ 0.20 ships its own Click layer; older releases use Click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
 from llamak.errors import LlamakError
 
 app = typer.Typer(
@@ -58,7 +63,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
         raise LlamakError(f"{flag} {text!r}: expected comma-separated layer indices, e.g. 7,15,23,31") from None
 
 
-def resolve(ref: str, role: str) -> Path:
+def model_path(ref: str, role: str) -> Path:
+    """`zoo:NAME`, a local directory or a hub id → a local model directory."""
     from llamak.zoo import resolve_model
 
     return resolve_model(ref, role=role)
@@ -138,7 +144,7 @@ def expand(
     from llamak.surgery.expand import expand as run_expand
 
     positions = parse_int_list(after, "--after") if after is not None else None
-    result = run_expand(resolve(model, "model"), out, blocks, positions, parse_size(shard_size), overwrite, progress=not quiet)
+    result = run_expand(model_path(model, "model"), out, blocks, positions, parse_size(shard_size), overwrite, progress=not quiet)
     typer.echo(f"expanded to {result.num_layers} layers (inserted after {', '.join(map(str, result.after))}): {out}")
 
 
@@ -175,9 +181,9 @@ def chat_vector(
     if workers < 1:
         raise LlamakError(f"--workers {workers}: expected at least 1")
     result = run_chat_vector(
-        resolve(base, "--base"),
-        resolve(instruct, "--instruct"),
-        resolve(target, "--target"),
+        model_path(base, "--base"),
+        model_path(instruct, "--instruct"),
+        model_path(target, "--target"),
         out,
         ratio=ratio,
         inserted=inserted,
@@ -195,7 +201,7 @@ def inspect(model: ModelArg) -> None:
     """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""
     from llamak.inspect import describe
 
-    typer.echo(describe(resolve(model, "model")))
+    typer.echo(describe(model_path(model, "model")))
 
 
 @app.command(epilog="Example:\n\n    llamak convert ./old-model --out ./old-model-st --allow-pickle")
@@ -211,7 +217,7 @@ def convert(
 
     if not allow_pickle:
         raise LlamakError("convert reads pickled weights: pass --allow-pickle to confirm you trust the files")
-    convert_pickled(resolve(model, "model"), out, parse_size(shard_size), overwrite)
+    convert_pickled(model_path(model, "model"), out, parse_size(shard_size), overwrite)
     typer.echo(f"converted to safetensors: {out}")
 
 
@@ -220,15 +226,29 @@ def main() -> None:
     for noisy in ("transformers", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        app()
-    except LlamakError as e:
-        if os.environ.get("LLAMAK_DEBUG"):
-            raise
-        typer.echo(f"llamak: error: {e}", err=True)
+        sys.exit(app(standalone_mode=False) or 0)
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("llamak: interrupted", err=True)
         sys.exit(130)
+    except click_exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # the help text was printed; as Click does, no command is a usage error
+    except (LlamakError, click_exceptions.UsageError, OSError) as e:
+        if os.environ.get("LLAMAK_DEBUG"):
+            raise
+        typer.echo(f"llamak: error: {one_line(e)}", err=True)
+        sys.exit(2)
+
+
+def one_line(e: Exception) -> str:
+    """The message of a user-facing error, on one line, with the command to get help when useful."""
+    if isinstance(e, click_exceptions.UsageError):
+        command = e.ctx.command_path if e.ctx else "llamak"
+        return f"{e.format_message()} (see `{command} --help`)"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":

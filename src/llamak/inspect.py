@@ -33,7 +33,7 @@ def describe(path: Path) -> str:
     if lineage:
         lines.append(f"  made by: llamak {lineage.get('stage')} ({lineage.get('created', '?')}) with {lineage.get('args')}")
         for role, info in (lineage.get("inputs") or {}).items():
-            lines.append(f"    {role}: {info['path']} [{info.get('stage') or 'external'}] {info['hash'][:19]}…")
+            lines.append(f"    {role}: {info.get('path')} [{info.get('stage') or 'external'}] {str(info.get('hash'))[:19]}…")
         for note in lineage.get("notes") or []:
             lines.append(f"  note: {note}")
     else:

@@ -62,9 +62,12 @@ def read_lineage(model_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return _upgrade(json.loads(path.read_text()))
+        lineage = json.loads(path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(lineage, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return _upgrade(lineage)
 
 
 def _upgrade(lineage: dict) -> dict:
@@ -133,7 +136,9 @@ def atomic_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
     On any error the partial directory is removed, so nothing half-written is left looking complete.
     An existing `out` is an error unless `overwrite`, and then it is replaced only after success.
     """
-    out = Path(out)
+    out = Path(out).absolute()
+    if out.parent == out or out.is_file():
+        raise CheckpointError(f"{out}: expected a new directory path for the output")
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out}: already exists (pass --overwrite to replace it)")
     partial = out.with_name(out.name + ".partial")

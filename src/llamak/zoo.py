@@ -358,18 +358,22 @@ def ensure(name: str) -> Path:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def looks_like_hub_id(ref: str) -> bool:
+    """'meta-llama/Llama-3.1-8B' yes; 'runs/cpt' no when ./runs exists (a mistyped local path)."""
+    return bool(_HUB_ID.match(ref)) and not Path(ref).exists() and not Path(ref.split("/")[0]).exists()
+
+
 def resolve_model(ref: str | Path, role: str = "model") -> Path:
     """`zoo:NAME` → the cached zoo model (built if needed); a local directory → itself.
 
-    A string shaped like a hub id (`org/name`) that is not a local directory is downloaded with
-    huggingface_hub (safetensors, config and tokenizer files only) — the only network path.
+    A hub id (`org/name`, whose `org` is not a local folder) is downloaded with huggingface_hub
+    (safetensors, config and tokenizer files only) — the only network path.
     """
     ref = str(ref)
     if ref.startswith(ZOO_PREFIX):
         return ensure(ref[len(ZOO_PREFIX) :])
-    path = Path(ref)
-    if path.exists() or not _HUB_ID.match(ref):
-        return path
+    if not looks_like_hub_id(ref):
+        return Path(ref)
     try:
         from huggingface_hub import snapshot_download
 

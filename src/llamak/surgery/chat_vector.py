@@ -26,7 +26,7 @@ import torch
 
 from llamak.checkpoint import ModelDir, copy_side_files, require_same_architecture, write_config
 from llamak.errors import ArchitectureMismatch
-from llamak.lineage import atomic_output, make_lineage, write_lineage
+from llamak.lineage import atomic_output, base_source, make_lineage, write_lineage
 from llamak.surgery.expand import is_zero_init
 from llamak.surgery.plan import Compute, Copy, PlannedTensor, execute, layer_name, split_layer_name
 from llamak.surgery.tensors import DEFAULT_SHARD_BYTES, CheckpointReader
@@ -76,24 +76,28 @@ class ChatVectorResult:
 
 
 def layer_correspondence(target: ModelDir, base: ModelDir) -> dict[int, int | None]:
-    """For each target layer, the base layer whose vector it receives (None: an inserted block)."""
-    if target.layer_map == base.layer_map:
-        return {k: k for k in range(target.num_layers)}
-    if base.is_expanded:
-        raise ArchitectureMismatch(
-            f"--base {base.path} and --target {target.path} were expanded with different layer maps; "
-            "use the unexpanded base/instruct pair"
-        )
+    """For each target layer, the base-checkpoint layer whose vector it receives (None: inserted block).
+
+    Matching goes through the layer maps' original source indices, so it works whether or not the
+    base/instruct pair was itself expanded (their inserted blocks never contribute a vector).
+    """
+    base_layer_of = {e["source"]: j for j, e in enumerate(base.layer_map) if e["origin"] == "base"}
     correspondence = {}
     for k, entry in enumerate(target.layer_map):
-        source = entry["source"] if entry["origin"] == "base" else entry["copy_of"]
-        if source >= base.num_layers:
+        source = base_source(entry)
+        if source not in base_layer_of:
             raise ArchitectureMismatch(
                 f"--target {target.path}: layer {k} maps to base layer {source}, but --base has "
-                f"{base.num_layers} layers"
+                f"{len(base_layer_of)} original layers"
             )
-        correspondence[k] = source if entry["origin"] == "base" else None
+        correspondence[k] = base_layer_of[source] if entry["origin"] == "base" else None
     return correspondence
+
+
+def copied_layer(target: ModelDir, base: ModelDir, k: int) -> int:
+    """Base-checkpoint index of the layer that inserted target layer k copies."""
+    source = target.layer_map[k]["copy_of"]
+    return next(j for j, e in enumerate(base.layer_map) if e["origin"] == "base" and e["source"] == source)
 
 
 def plan_chat_vector(
@@ -116,11 +120,10 @@ def plan_chat_vector(
         parsed = split_layer_name(name)
         if parsed is not None:
             prefix, k, rest = parsed
-            src = correspondence.get(k)
+            src = correspondence[k]
             if src is None:  # an inserted block
-                entry = target.layer_map[k]
                 if inserted == "copy" and not is_zero_init(rest):
-                    src = entry["copy_of"]
+                    src = copied_layer(target, base, k)
                 else:
                     source_name = None
             if source_name is not None:
@@ -182,6 +185,8 @@ def chat_vector(
     require_same_architecture(b, i, ("--base", "--instruct"))
     if b.layer_map != i.layer_map:
         raise ArchitectureMismatch("--base and --instruct have different layer maps; they must be a base/instruct pair")
+    if bool(b.config.get("tie_word_embeddings")) != bool(i.config.get("tie_word_embeddings")):
+        raise ArchitectureMismatch("--base and --instruct differ in tie_word_embeddings: they must be a base/instruct pair")
     require_same_architecture(t, b, ("--target", "--base"), layers=False)
     if inserted not in ("skip", "copy"):
         raise ValueError(f"inserted must be 'skip' or 'copy', got {inserted!r}")

@@ -75,13 +75,24 @@ def expanded_layer_map(input_map: LayerMap, after: list[int]) -> LayerMap:
     ]
 
 
+# Config fields that hold one entry per decoder layer (transformers 5 Llama-family configs).
+PER_LAYER_FIELDS = ("layer_types", "no_rope_layers", "sliding_window_layers")
+
+
 def expanded_config(config: dict, sources: list[tuple[int, bool]]) -> dict:
     """`num_hidden_layers` and every per-layer list (e.g. `layer_types`) follow the new layer order."""
     n = config["num_hidden_layers"]
     new = dict(config)
-    for key, value in config.items():
-        if isinstance(value, list) and len(value) == n and key != "eos_token_id":
+    for key in PER_LAYER_FIELDS:
+        value = config.get(key)
+        if isinstance(value, list) and len(value) == n:
             new[key] = [value[i] for i, _ in sources]
+    if config.get("use_sliding_window") and "layer_types" not in config:
+        # Qwen2-style `max_window_layers` (an index, not a list) cannot follow an expansion.
+        raise LlamakError(
+            "config uses use_sliding_window with max_window_layers but no layer_types; write layer_types "
+            "into config.json first so the expansion can carry each layer's attention type"
+        )
     new["num_hidden_layers"] = len(sources)
     return new
 

@@ -57,7 +57,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -69,25 +69,43 @@ class StoredTensor:
     offset: int  # absolute byte offset of the data in `file`
 
 
-def parse_header(path: Path) -> tuple[dict, int]:
-    """Return (header dict, absolute offset of the data buffer) of one safetensors file."""
+def _read_header(f) -> tuple[bytes, dict]:
+    head = f.read(8)
+    (n,) = struct.unpack("<Q", head)
+    if n > 100 * 2**20:
+        raise ValueError("header length is implausible")
+    raw = f.read(n)
+    return head + raw, json.loads(raw)
+
+
+def parse_header(path: Path) -> tuple[dict[str, TensorSpec], dict[str, int], int]:
+    """Read and check one safetensors header: (specs, data offsets relative to the buffer, buffer start)."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 * 2**20:
-                raise ValueError("header length is implausible")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    return header, 8 + n
+            raw, header = _read_header(f)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        buffer_size = path.stat().st_size - len(raw)
+        specs, offsets = {}, {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+                raise ValueError(f"tensor {name}: missing or unsupported dtype {entry.get('dtype') if isinstance(entry, dict) else entry!r}")
+            spec = TensorSpec(name, DTYPES[entry["dtype"]], tuple(entry["shape"]))
+            start, end = entry["data_offsets"]
+            if end - start != spec.nbytes or not 0 <= start <= end <= buffer_size:
+                raise ValueError(f"tensor {name}: data_offsets {start}..{end} do not fit its shape or the file size")
+            specs[name], offsets[name] = spec, start
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+    return specs, offsets, len(raw)
 
 
 def header_bytes(path: Path) -> bytes:
     """The raw header (length + JSON) of a safetensors file, for content hashing."""
     with open(path, "rb") as f:
-        head = f.read(8)
-        (n,) = struct.unpack("<Q", head)
-        return head + f.read(n)
+        return _read_header(f)[0]
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -124,15 +142,9 @@ class CheckpointReader:
         self.files = weight_files(self.model_dir)
         self.tensors: dict[str, StoredTensor] = {}
         for path in self.files:
-            header, data_start = parse_header(path)
-            for name, entry in header.items():
-                if name == "__metadata__":
-                    continue
-                if entry["dtype"] not in DTYPES:
-                    raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
-                start, _ = entry["data_offsets"]
-                spec = TensorSpec(name, DTYPES[entry["dtype"]], tuple(entry["shape"]))
-                self.tensors[name] = StoredTensor(spec, path, data_start + start)
+            specs, offsets, data_start = parse_header(path)
+            for name, spec in specs.items():
+                self.tensors[name] = StoredTensor(spec, path, data_start + offsets[name])
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()  # several executor threads may open shards at once
 
@@ -255,15 +267,16 @@ class ShardedWriter:
         if stored.spec.dtype != spec.dtype or stored.spec.shape != spec.shape:
             raise ValueError(f"tensor {name}: cannot byte-copy {source}, its dtype/shape differ from the plan")
         src_fd, done, n = reader.fd(stored.file), 0, spec.nbytes
-        while done < n:
+        while done < n and hasattr(os, "copy_file_range"):  # Linux only
             try:
                 step = os.copy_file_range(src_fd, fd, n - done, stored.offset + done, offset + done)
-            except OSError:  # e.g. across file systems on old kernels: fall back to a buffered copy
-                self.write(name, reader.read(source))
-                return
-            if step <= 0:
-                raise CheckpointError(f"{stored.file}: truncated while copying tensor {source}")
+            except OSError:  # e.g. across file systems on old kernels
+                break
+            if step <= 0:  # some file systems answer 0 for valid ranges: copy the rest by hand
+                break
             done += step
+        if done < n:
+            self.write(name, reader.read(source))  # buffered fallback (rewrites the whole tensor)
         self._pending.discard(name)
 
     def mark_zero(self, name: str) -> None:
