@@ -38,3 +38,14 @@ END_OF_TEXT = "<|end_of_text|>"
 EOT = "<|eot_id|>"
 EOM = "<|eom_id|>"
 PAD = "<|finetune_right_pad_id|>"
+
+# ChatML (SmolLM2, Qwen) with assistant-turn markers, for assistant-only loss on those models.
+CHATML_ASSISTANT_MASK_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
+    "{%- else -%}{{- message['content'] + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)

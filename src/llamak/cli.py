@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,6 +20,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
 from llamak.errors import LlamakError
+from llamak.units import parse_size
 
 app = typer.Typer(
     name="llamak",
@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 log = logging.getLogger("llamak")
 
@@ -40,21 +42,6 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (wri
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only after the new output is complete).")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB, 500MB, or bytes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text: str, flag: str = "--shard-size") -> int:
-    """'5GB' → 5_000_000_000 (decimal units as in transformers' max_shard_size; KiB/MiB/GiB binary)."""
-    m = _SIZE.match(text)
-    unit = (m.group(2) or "").upper() if m else None
-    if unit is not None and unit and not unit.endswith("B"):
-        unit += "B"
-    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise LlamakError(f"{flag} {text!r}: expected a size such as 5GB, 500MB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[unit])
-
 
 def parse_int_list(text: str, flag: str) -> list[int]:
     try:
@@ -219,6 +206,68 @@ def convert(
         raise LlamakError("convert reads pickled weights: pass --allow-pickle to confirm you trust the files")
     convert_pickled(model_path(model, "model"), out, parse_size(shard_size), overwrite)
     typer.echo(f"converted to safetensors: {out}")
+
+
+RUN_EPILOG = """Examples:
+
+    llamak run recipes/tiny.yaml                 # run or resume; finished stages are skipped
+
+    llamak run recipes/tiny.yaml --from sft      # rerun sft and everything after it
+
+    llamak run recipes/tiny.yaml --only cpt      # rerun one stage (its inputs must exist)
+
+Outputs go to OUT/<recipe name>/<stage>/, with manifest.json and report.html beside them.
+"""
+
+
+@app.command(epilog=RUN_EPILOG)
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/tiny.yaml).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Runs directory; the run goes to OUT/<name>/.")] = Path("runs"),
+    only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage (forced).", show_default=False)] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on, even if finished.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun every stage.")] = False,
+    no_sample: Annotated[bool, typer.Option("--no-sample", help="Do not print a chat sample from the final model.")] = False,
+) -> None:
+    """Run a recipe: its stages in order, skipping those already finished with the same config."""
+    from llamak.recipe import run_recipe
+
+    if only and (start or force):
+        raise LlamakError("--only runs one stage; it cannot be combined with --from or --force")
+    run_recipe(recipe, out, only=only, start=start, force=force, sample=not no_sample)
+
+
+def _train(kind: str, config_path: Path) -> None:
+    from llamak.recipe import STAGES, load_stage_file
+
+    config, model, out = load_stage_file(kind, config_path)
+    metrics = STAGES[kind].run(config, model, out, None)
+    typer.echo(f"{kind}: {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f}: {out}")
+
+
+TRAIN_EPILOG = """The CONFIG file holds the stage's fields (as in a recipe) plus `model:` (input) and `out:`:
+
+    model: runs/tiny-ko/expand
+    out: runs/my-cpt
+    trainable: inserted
+    corpus: {{ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}}
+    mix: {{ko: 0.5, en: 0.5}}
+    max_steps: 100
+
+Multi-process: accelerate launch --multi_gpu --num_processes 2 -m llamak.cli train {kind} CONFIG
+"""
+
+
+@train_app.command("cpt", epilog=TRAIN_EPILOG.format(kind="cpt"))
+def train_cpt(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+    """Continued pre-training (LLaMA-Pro: `trainable: inserted` trains only the inserted blocks)."""
+    _train("cpt", config)
+
+
+@train_app.command("sft", epilog=TRAIN_EPILOG.format(kind="sft").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/sft/*.jsonl]").replace("trainable: inserted", "trainable: all"))
+def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+    """Instruction tuning on chat JSONL (`messages`), loss on assistant turns only; full or LoRA."""
+    _train("sft", config)
 
 
 def main() -> None:

@@ -1,0 +1,362 @@
+"""Recipes: a YAML file that runs llamak's stages in order, resumably. The only code that knows stage order.
+
+    llamak run recipes/tiny.yaml [--out runs] [--only STAGE] [--from STAGE] [--force]
+
+```yaml
+name: tiny-ko
+base: zoo:tiny-base
+instruct: zoo:tiny-instruct
+stages:
+  - expand: {blocks: 2}
+  - cpt: {trainable: inserted, corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}, mix: {ko: 0.5, en: 0.5}}
+  - chat_vector: {ratio: 1.0}
+  - sft: {dataset: [data/sft/*.jsonl]}
+```
+
+Each stage writes `<out>/<name>/<stage>/`, a Hugging Face model directory. A stage reads the previous
+stage's output unless its `model:` names another (an earlier stage, `base`, `instruct`, `zoo:NAME` or
+a path); repeat a stage type with `name:` (e.g. `- dpo: {name: dpo2, …}`). The manifest
+(`manifest.json`) records each finished stage with a hash of its config, its inputs and its data
+files: a rerun skips finished stages, a changed stage reruns with everything downstream (their
+hashes include it), and a killed training stage resumes from its last Trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llamak.errors import LlamakError
+from llamak.lineage import content_hash
+
+log = logging.getLogger("llamak")
+
+MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+class StageFields(BaseModel):
+    """Fields every stage accepts besides its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None  # defaults to the stage type; needed to repeat a type
+    model: str | None = None  # input: an earlier stage, base, instruct, zoo:NAME or a path (default: previous stage)
+
+
+class ExpandStage(StageFields):
+    blocks: int | None = Field(None, gt=0)
+    after: list[int] | None = None
+    shard_size: str = "5GB"
+
+
+class ChatVectorStage(StageFields):
+    ratio: float = 1.0
+    inserted: Literal["skip", "copy"] = "skip"
+    skip_embeddings: bool = False
+    base: str | None = None  # default: the recipe's base
+    instruct: str | None = None  # default: the recipe's instruct
+    shard_size: str = "5GB"
+
+
+def _cpt_stage():
+    from llamak.train.cpt import CptConfig
+
+    return type("CptStage", (StageFields, CptConfig), {})
+
+
+def _sft_stage():
+    from llamak.train.sft import SftConfig
+
+    return type("SftStage", (StageFields, SftConfig), {})
+
+
+@dataclass
+class StageType:
+    config: Callable[[], type[BaseModel]]  # lazily built: training configs import pydantic models only
+    run: Callable[..., dict]
+    trains: bool = False
+
+
+def _run_expand(cfg: ExpandStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.surgery.expand import expand
+    from llamak.units import parse_size
+
+    result = expand(model, out, cfg.blocks, cfg.after, parse_size(cfg.shard_size, "shard_size"), overwrite=True)
+    return {"after": result.after, "num_layers": result.num_layers}
+
+
+def _run_chat_vector(cfg: ChatVectorStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.surgery.chat_vector import chat_vector
+    from llamak.units import parse_size
+
+    base = ctx.resolve(cfg.base or "base", "chat_vector.base")
+    instruct = ctx.resolve(cfg.instruct or "instruct", "chat_vector.instruct")
+    result = chat_vector(
+        base, instruct, model, out, cfg.ratio, cfg.inserted, cfg.skip_embeddings, parse_size(cfg.shard_size, "shard_size"), overwrite=True
+    )
+    return {"added": result.added, "copied": result.copied, "notes": result.notes}
+
+
+def _run_cpt(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.train.cpt import run_cpt
+
+    return run_cpt(cfg, model, out)
+
+
+def _run_sft(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.train.sft import run_sft
+
+    return run_sft(cfg, model, out)
+
+
+STAGES: dict[str, StageType] = {
+    "expand": StageType(lambda: ExpandStage, _run_expand),
+    "chat_vector": StageType(lambda: ChatVectorStage, _run_chat_vector),
+    "cpt": StageType(_cpt_stage, _run_cpt, trains=True),
+    "sft": StageType(_sft_stage, _run_sft, trains=True),
+}
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass
+class Stage:
+    type: str
+    name: str
+    config: BaseModel
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[\w.-]+$")
+    base: str
+    instruct: str | None = None
+    sample: list[str] = ["대한민국의 수도는 어디인가요?", "Summarise in one sentence: Seoul is the capital of South Korea."]
+    stages: list[dict] = Field(min_length=1)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
+    """Parse and validate a recipe; every error is one line naming the file, stage and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlamakError(f"{path}: no such recipe file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LlamakError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise LlamakError(f"{path}: expected a mapping with name, base and stages")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LlamakError(f"{path}: field {_field_path(err['loc'])!r}: {err['msg']}") from None
+    stages: list[Stage] = []
+    for i, item in enumerate(recipe.stages, 1):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise LlamakError(f"{path}: stage {i}: expected one mapping `- TYPE: {{fields}}`, got {item!r}")
+        (kind, fields), = item.items()
+        if kind not in STAGES:
+            raise LlamakError(f"{path}: stage {i}: unknown stage type {kind!r} (known: {', '.join(STAGES)})")
+        try:
+            config = STAGES[kind].config().model_validate(fields or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise LlamakError(f"{path}: stage {i} ({kind}): field {_field_path(err['loc'])!r}: {err['msg']}") from None
+        name = config.name or kind
+        if name in {s.name for s in stages} or name in ("base", "instruct"):
+            raise LlamakError(f"{path}: stage {i} ({kind}): name {name!r} is already used; give it `name:`")
+        stages.append(Stage(kind, name, config))
+    names = [s.name for s in stages]
+    for i, stage in enumerate(stages, 1):
+        for field in ("model", "base", "instruct"):
+            ref = getattr(stage.config, field, None)
+            if ref in names and names.index(ref) >= i - 1:
+                raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} names a stage that has not run yet")
+    return recipe, stages
+
+
+def load_stage_file(kind: str, path: Path) -> tuple[BaseModel, Path, Path]:
+    """A standalone stage config (`llamak train KIND CONFIG`): stage fields plus `model:` and `out:`."""
+    from llamak.zoo import resolve_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise LlamakError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LlamakError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict) or "model" not in raw or "out" not in raw:
+        raise LlamakError(f"{path}: expected a mapping with `model:`, `out:` and the {kind} fields")
+    out = Path(raw.pop("out"))
+    try:
+        config = STAGES[kind].config().model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LlamakError(f"{path}: field {_field_path(err['loc'])!r}: {err['msg']}") from None
+    return config, resolve_model(config.model, role="model"), out
+
+
+# --------------------------------------------------------------------------- runner
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    stage_names: list[str]
+
+    def resolve(self, ref: str, what: str) -> Path:
+        """A model reference → a local directory: an earlier stage's output, base/instruct, zoo or path."""
+        from llamak.zoo import resolve_model
+
+        if ref in self.stage_names:
+            return self.run_dir / ref
+        if ref == "base":
+            return resolve_model(self.recipe.base, role="recipe base")
+        if ref == "instruct":
+            if not self.recipe.instruct:
+                raise LlamakError(f"{what}: the recipe has no `instruct` model")
+            return resolve_model(self.recipe.instruct, role="recipe instruct")
+        return resolve_model(ref, role=what)
+
+
+def file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size <= 64 * 2**20:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"  # big corpora: size and time, not a full read
+
+
+def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
+    """Hash of what determines a stage's output: type, config, inputs (upstream hashes) and data files."""
+    data = getattr(stage.config, "data_files", lambda: [])()
+    payload = {
+        "type": stage.type,
+        "config": stage.config.model_dump(mode="json", exclude={"name"}),
+        "input": input_key,
+        "extra": extra_keys,
+        "data": [[str(f), file_fingerprint(f)] for f in data],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = run_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    tmp = run_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(run_dir / MANIFEST)
+
+
+def run_recipe(
+    recipe_path: Path,
+    out: Path = Path("runs"),
+    only: str | None = None,
+    start: str | None = None,
+    force: bool = False,
+    sample: bool = True,
+) -> dict:
+    """Run (or resume) a recipe; returns the manifest."""
+    recipe, stages = load_recipe(recipe_path)
+    names = [s.name for s in stages]
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            raise LlamakError(f"{flag} {value}: no such stage in {recipe_path} (stages: {', '.join(names)})")
+    run_dir = Path(out) / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(recipe, run_dir, names)
+    manifest = read_manifest(run_dir)
+    manifest.update(recipe=str(Path(recipe_path).resolve()), name=recipe.name)
+    hashes: dict[str, str] = {}
+    forced = set(names) if force else set(names[names.index(start):]) if start else set()
+
+    previous = "base"
+    for stage in stages:
+        input_ref = stage.config.model or previous
+        previous = stage.name
+        extra = [stage.config.base or "base", stage.config.instruct or "instruct"] if stage.type == "chat_vector" else []
+        keys = [hashes.get(ref) or external_key(ctx, ref) for ref in [input_ref, *extra]]
+        h = hashes[stage.name] = stage_hash(stage, keys[0], keys[1:])
+        out_dir = run_dir / stage.name
+        done = manifest["stages"].get(stage.name)
+        up_to_date = bool(done and done["hash"] == h and out_dir.is_dir())
+        if only is not None and stage.name != only:
+            if names.index(stage.name) < names.index(only) and not up_to_date:
+                raise LlamakError(f"--only {only}: it needs stage {stage.name!r}, which has not run with this config")
+            continue
+        if up_to_date and stage.name not in forced and only is None:
+            log.info("✓ %s: up to date (%s)", stage.name, out_dir)
+            continue
+        log.info("▶ %s (%s) → %s", stage.name, stage.type, out_dir)
+        model = ctx.resolve(input_ref, f"stage {stage.name}: model")
+        started = time.time()
+        metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
+        manifest["stages"][stage.name] = {
+            "type": stage.type,
+            "hash": h,
+            "input": input_ref,
+            "input_path": str(model),
+            "seconds": round(time.time() - started, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "metrics": metrics,
+        }
+        manifest["order"] = names
+        write_manifest(run_dir, manifest)
+        write_report_quietly(run_dir)
+    manifest["order"] = names
+    write_manifest(run_dir, manifest)
+    write_report_quietly(run_dir)
+    if sample and recipe.sample and only is None:
+        print_samples(run_dir / names[-1], recipe.sample)
+    return manifest
+
+
+def external_key(ctx: RunContext, ref: str) -> str:
+    """Fingerprint of an input that is not a stage of this run (base, instruct, zoo model or path)."""
+    return content_hash(ctx.resolve(ref, f"model {ref}"))
+
+
+def write_report_quietly(run_dir: Path) -> None:
+    """Regenerate report.html; a report failure must never fail the run."""
+    try:
+        from llamak.report.html import write_report
+
+        write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 — the run's outputs matter more than its report
+        log.warning("report not written: %s", e)
+
+
+def print_samples(model_dir: Path, prompts: list[str], max_new_tokens: int = 40) -> None:
+    """Greedy chat replies of the final model, so a run ends with something to look at."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    print(f"\nchat sample from {model_dir}:")
+    for prompt in prompts:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        print(f"  user: {prompt}\n  model: {reply.strip()}")

@@ -1,0 +1,1 @@
+"""Run reports and (later) model cards."""

@@ -1,0 +1,131 @@
+"""`report.html` of a run: one self-contained page (plots embedded as PNG, the lineage graph as SVG).
+
+Rebuilt from `manifest.json` after every stage: a table of stages, the loss curve of each training
+stage, the trainable-parameter share, stage durations and the lineage graph (which stage feeds which).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def loss_plot(stages: dict) -> str | None:
+    import matplotlib.pyplot as plt
+
+    curves = {n: s["metrics"].get("log_history") for n, s in stages.items() if s.get("metrics", {}).get("log_history")}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3), squeeze=False)
+    for ax, (name, history) in zip(axes[0], curves.items()):
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+        ax.set_title(f"{name} loss")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def bar_plot(values: dict[str, float], title: str, unit: str) -> str | None:
+    import matplotlib.pyplot as plt
+
+    if not values:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(values) + 0.8))
+    ax.barh(list(values), list(values.values()), color="#4c72b0")
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel(unit)
+    for i, v in enumerate(values.values()):
+        ax.text(v, i, f" {v:.3g}", va="center", fontsize=8)
+    return _png(fig)
+
+
+def lineage_svg(order: list[str], stages: dict) -> str:
+    """Boxes in run order; an arrow from each stage's input (an earlier stage or an external model)."""
+    nodes: list[str] = []
+    edges: list[tuple[str, str]] = []
+    for name in order:
+        if name not in stages:
+            continue
+        ref = stages[name].get("input", "?")
+        parent = ref if ref in stages else f"{ref} (input)"
+        if parent not in nodes:
+            nodes.append(parent)
+        nodes.append(name)
+        edges.append((parent, name))
+    w, h, gap = 150, 34, 40
+    x = {n: 10 + i * (w + gap) for i, n in enumerate(nodes)}
+    parts = []
+    for a, b in edges:
+        if x[b] - x[a] == w + gap:
+            parts.append(f'<line x1="{x[a] + w}" y1="{h / 2 + 10}" x2="{x[b]}" y2="{h / 2 + 10}" stroke="#555" marker-end="url(#arrow)"/>')
+        else:  # a jump over other boxes: arc above them
+            parts.append(f'<path d="M{x[a] + w / 2},10 C{x[a] + w / 2},-20 {x[b] + w / 2},-20 {x[b] + w / 2},10" fill="none" stroke="#555" marker-end="url(#arrow)"/>')
+    for n in nodes:
+        fill = "#eef" if n in stages else "#eee"
+        parts.append(f'<rect x="{x[n]}" y="10" width="{w}" height="{h}" rx="6" fill="{fill}" stroke="#446"/>')
+        parts.append(f'<text x="{x[n] + w / 2}" y="{h / 2 + 14}" text-anchor="middle" font-size="12">{html.escape(n[:24])}</text>')
+    width = 20 + len(nodes) * (w + gap)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h + 30}" viewBox="0 -30 {width} {h + 60}">'
+        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>' + "".join(parts) + "</svg>"
+    )
+
+
+def stage_table(order: list[str], stages: dict) -> str:
+    rows = []
+    for name in order:
+        s = stages.get(name)
+        if s is None:
+            rows.append(f"<tr><td>{html.escape(name)}</td><td colspan=5>not run yet</td></tr>")
+            continue
+        m = s.get("metrics", {})
+        share = f"{100 * m['trainable_share']:.2f}%" if "trainable_share" in m else ""
+        loss = f"{m['train_loss']:.4f}" if isinstance(m.get("train_loss"), (int, float)) else ""
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{s['type']}</td><td>{s['seconds']:.1f}</td><td>{share}</td>"
+            f"<td>{loss}</td><td>{html.escape(s['finished'])}</td></tr>"
+        )
+    return "<table><tr><th>stage</th><th>type</th><th>seconds</th><th>trainable</th><th>train loss</th><th>finished</th></tr>" + "".join(rows) + "</table>"
+
+
+def write_report(run_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages, order = manifest.get("stages", {}), manifest.get("order", list(manifest.get("stages", {})))
+    sections = [f"<h1>llamak run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
+                f"<p>recipe: <code>{html.escape(manifest.get('recipe', '?'))}</code></p>",
+                "<h2>Stages</h2>", stage_table(order, stages),
+                "<h2>Lineage</h2>", lineage_svg(order, stages)]
+    plots = [
+        ("Training loss", loss_plot(stages)),
+        ("Trainable parameters", bar_plot({n: 100 * s["metrics"]["trainable_share"] for n, s in stages.items() if "trainable_share" in s.get("metrics", {})}, "trainable share", "% of parameters")),
+        ("Stage durations", bar_plot({n: s["seconds"] for n, s in stages.items()}, "duration", "seconds")),
+    ]
+    sections += [f"<h2>{title}</h2>{img}" for title, img in plots if img]
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>llamak report</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

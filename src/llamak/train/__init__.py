@@ -1,0 +1,1 @@
+"""Training stages on TRL trainers: CPT, SFT (and later DPO, GRPO, LongPO)."""

@@ -1,0 +1,251 @@
+"""What every training stage shares: settings, hardware flags, freezing from the layer map, LoRA,
+resumable checkpoints, and saving the result as a plain model directory with lineage.
+
+The trainers themselves are TRL's (`SFTTrainer` for CPT and SFT); this module only turns a stage's
+settings into a TRL config and prepares the model. The layer map in the input's `llamak.json` says
+which blocks are inserted — nobody recomputes that from a stride here.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llamak.checkpoint import ModelDir
+from llamak.errors import LlamakError
+from llamak.lineage import LayerMap, atomic_output, content_hash, inserted_layers, make_lineage, write_lineage
+
+log = logging.getLogger("llamak")
+
+CHECKPOINT_SUFFIX = ".checkpoints"  # Trainer checkpoints live beside the output until it is complete
+STATE_FILE = "llamak_stage.json"
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft); merged into the saved weights at the end of the stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    only_inserted: bool = False  # restrict adapters to the inserted (LLaMA-Pro) blocks of the layer map
+
+
+class TrainSettings(BaseModel):
+    """Settings shared by the training stages. Anything else TRL accepts goes under `trainer:`."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_steps: int = Field(50, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(4, gt=0, description="per device")
+    grad_accum: int = Field(1, gt=0)
+    seq_len: int = Field(512, gt=8)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    save_steps: int = Field(25, gt=0, description="Trainer checkpoint interval: a killed stage resumes from the last one")
+    logging_steps: int = Field(5, gt=0)
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = LoraSettings()
+    trainer: dict = Field(default_factory=dict, description="extra TRL/transformers config fields, passed through")
+
+
+def hardware_flags() -> dict:
+    """`use_cpu`/`bf16` from the hardware: TRL configs default to bf16 and fail on CPU otherwise."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"use_cpu": not cuda, "bf16": bool(cuda and torch.cuda.is_bf16_supported())}
+
+
+def expand_globs(patterns: list[str], what: str) -> list[Path]:
+    """Files matching each pattern (relative to the working directory); a pattern matching nothing is an error."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not matched:
+            raise LlamakError(f"{what}: {pattern!r} matches no file (paths are relative to {Path.cwd()})")
+        files += matched
+    return files
+
+
+def read_jsonl(path: Path, required: str) -> list[dict]:
+    """Rows of a JSONL (or .jsonl.gz) file; a malformed line is an error naming file, line and field."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise LlamakError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or required not in row:
+                raise LlamakError(f"{path}:{number}: expected an object with a {required!r} field")
+            rows.append(row)
+    return rows
+
+
+def load_for_training(model_dir: Path):
+    """Model (float32 on CPU, bf16 on GPU), tokenizer and `ModelDir` (config, lineage, layer map)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = ModelDir.open(model_dir)
+    dtype = torch.bfloat16 if hardware_flags()["bf16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, source
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def freeze_all_but_inserted(model, layer_map: LayerMap) -> list[int]:
+    """Train only the inserted blocks named by the layer map; embeddings, norms, lm_head stay frozen."""
+    inserted = inserted_layers(layer_map)
+    if not inserted:
+        raise LlamakError(
+            "trainable: inserted, but the model has no inserted blocks in its layer map "
+            "(run an expand stage first, or use trainable: all)"
+        )
+    model.requires_grad_(False)
+    for k in inserted:
+        model.model.layers[k].requires_grad_(True)
+    return inserted
+
+
+def add_lora(model, lora: LoraSettings, layer_map: LayerMap):
+    from peft import LoraConfig, get_peft_model
+
+    layers = None
+    if lora.only_inserted:
+        layers = inserted_layers(layer_map)
+        if not layers:
+            raise LlamakError("lora.only_inserted is set, but the model has no inserted blocks in its layer map")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_trainable(model, mode: Literal["inserted", "all", "lora"], settings: TrainSettings, layer_map: LayerMap):
+    """Apply the stage's trainable mode; log and return (model, {trainable, total, share})."""
+    if mode == "inserted":
+        freeze_all_but_inserted(model, layer_map)
+    elif mode == "lora":
+        model = add_lora(model, settings.lora, layer_map)
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %s of %s (%.2f%%, mode %s)", f"{trainable:,}", f"{total:,}", 100 * trainable / total, mode)
+    return model, {"trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total}
+
+
+def trl_config_kwargs(settings: TrainSettings, checkpoints: Path) -> dict:
+    """The TRL/transformers config fields every stage sets (pass-through `trainer:` fields win)."""
+    kwargs = dict(
+        output_dir=str(checkpoints),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=int(settings.warmup_ratio * settings.max_steps),
+        weight_decay=settings.weight_decay,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        report_to=[],
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+        **hardware_flags(),
+    )
+    return kwargs
+
+
+def fingerprint(config: BaseModel, model_dir: Path) -> str:
+    """Identifies a run for checkpoint resume: the same stage config on the same input model."""
+    h = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(content_hash(model_dir).encode())
+    return h.hexdigest()
+
+
+def checkpoint_dir(out: Path, fingerprint: str) -> tuple[Path, bool]:
+    """Where the Trainer checkpoints (`OUT.checkpoints/`), and whether to resume from them.
+
+    Checkpoints of a different configuration (fingerprint) are discarded: resuming them would mix
+    two runs.
+    """
+    path = Path(str(out) + CHECKPOINT_SUFFIX)
+    state = path / STATE_FILE
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one process tidies up
+        if path.exists() and (not state.is_file() or json.loads(state.read_text()).get("fingerprint") != fingerprint):
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"fingerprint": fingerprint}))
+    return path, any(path.glob("checkpoint-*"))
+
+
+def build_config(config_class, settings: TrainSettings, checkpoints: Path, **stage_fields):
+    """Instantiate a TRL config; an unknown pass-through field becomes a one-line error."""
+    kwargs = trl_config_kwargs(settings, checkpoints) | stage_fields
+    kwargs.update(settings.trainer)
+    try:
+        return config_class(**kwargs)
+    except TypeError as e:
+        raise LlamakError(f"trainer: {e} (see {config_class.__name__} in TRL for valid fields)") from None
+
+
+def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints: Path, resume: bool, stage: str, args: dict, metrics: dict, inputs: dict[str, Path]) -> dict:
+    """Train (resuming from the last checkpoint when there is one), then save on the main process."""
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    state = trainer.state
+    metrics = {
+        **metrics,
+        "train_loss": result.training_loss,
+        "global_step": state.global_step,
+        "resumed": resume,
+        "num_input_tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
+        "train_seconds": round(time.time() - started, 2),
+        "log_history": [h for h in state.log_history if "loss" in h],
+    }
+    if trainer.accelerator.is_main_process:
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: the saved model is plain weights
+            model = model.merge_and_unload()
+        model.config.use_cache = True
+        with atomic_output(out, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            layer_map = source.layer_map if source.is_expanded else None
+            write_lineage(tmp, make_lineage(stage, args, inputs, layer_map, metrics=metrics))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return metrics

@@ -1,0 +1,107 @@
+"""Instruction tuning (SFT) on chat data, on TRL's `SFTTrainer`, with loss on assistant turns only.
+
+    llamak train sft sft.yaml            # fields below + `model:` and `out:`
+
+Data: JSONL files whose rows hold `messages` (`[{"role": …, "content": …}, …]`). The model's chat
+template renders them; for the loss mask the template needs `{% generation %}` markers, so for
+Llama-3 and ChatML tokenizers llamak swaps in its marked variant while training (TRL's
+`assistant_only_loss=True`) and saves the plain template with the model. `trainable: lora` merges
+the adapters into the saved weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from llamak.chat_template import ASSISTANT_MASK_TEMPLATE, CHATML_ASSISTANT_MASK_TEMPLATE
+from llamak.errors import LlamakError
+from llamak.train.common import (
+    TrainSettings,
+    build_config,
+    checkpoint_dir,
+    expand_globs,
+    fingerprint,
+    load_for_training,
+    prepare_trainable,
+    read_jsonl,
+    train_and_save,
+)
+
+log = logging.getLogger("llamak")
+
+
+class SftConfig(TrainSettings):
+    """An SFT stage. `dataset`: JSONL globs with a `messages` column."""
+
+    trainable: Literal["all", "lora", "inserted"] = "all"
+    dataset: list[str] = Field(min_length=1)
+    packing: bool = True
+    learning_rate: float = Field(2e-5, gt=0)
+
+    def data_files(self) -> list[Path]:
+        return expand_globs(self.dataset, "dataset")
+
+
+def assistant_mask_template(tokenizer) -> str:
+    """A chat template with `{% generation %}` markers for this tokenizer's chat format."""
+    current = tokenizer.chat_template or ""
+    if "{% generation %}" in current or "{%- generation -%}" in current:
+        return current
+    if tokenizer.convert_tokens_to_ids("<|start_header_id|>") == 128006:  # the Llama-3 family
+        return ASSISTANT_MASK_TEMPLATE
+    if "<|im_start|>" in current:
+        return CHATML_ASSISTANT_MASK_TEMPLATE
+    raise LlamakError(
+        "sft: the model's chat template has no {% generation %} markers and is neither Llama-3 nor ChatML; "
+        "add a marked template to its tokenizer_config.json for assistant-only loss"
+    )
+
+
+def read_chats(files: list[Path]) -> list[list[dict]]:
+    chats = []
+    for path in files:
+        for number, row in enumerate(read_jsonl(path, "messages"), 1):
+            messages = row["messages"]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in messages):
+                raise LlamakError(f"{path}: row {number}: messages must be a list of {{role, content}} objects")
+            if not any(m["role"] == "assistant" for m in messages):
+                raise LlamakError(f"{path}: row {number}: no assistant message to learn from")
+            chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    return chats
+
+
+def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
+    """The `SFTTrainer` for an SFT stage (tests use it to inspect real batches)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer, source = load_for_training(model_dir)
+    plain_template = tokenizer.chat_template
+    tokenizer.chat_template = assistant_mask_template(tokenizer)
+    chats = read_chats(config.data_files())
+    log.info("sft: %d conversations", len(chats))
+    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
+    args = build_config(
+        SFTConfig,
+        config,
+        checkpoints,
+        max_length=config.seq_len,
+        packing=config.packing,
+        assistant_only_loss=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": chats}), processing_class=tokenizer)
+    return trainer, tokenizer, plain_template, source, {**params, "conversations": len(chats)}
+
+
+def run_sft(config: SftConfig, model_dir: Path, out: Path) -> dict:
+    """Run an SFT stage from `model_dir` into `out`; resumes from `OUT.checkpoints/` when it can."""
+    checkpoints, resume = checkpoint_dir(Path(out), fingerprint(config, model_dir))
+    trainer, tokenizer, plain_template, source, metrics = make_trainer(config, model_dir, checkpoints)
+    tokenizer.chat_template = plain_template  # the trainer has tokenized already; save the plain one
+    return train_and_save(
+        trainer, source, tokenizer, Path(out), checkpoints, resume, "sft", config.model_dump(mode="json"), metrics, {"model": Path(model_dir)}
+    )
