@@ -41,3 +41,24 @@ def tiny_llama(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama_sharded(tmp_path_factory):
     return make_llama(tmp_path_factory.mktemp("models") / "tiny-sharded", shard_size="40KB")
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    from llamak.zoo import build_llama3_tokenizer
+
+    return build_llama3_tokenizer()
+
+
+def make_llama3_model(path, tokenizer, seed=0, layers=4, hidden=32):
+    """A tiny model on the real Llama-3 tokenizer (128,256 ids), saved with that tokenizer."""
+    make_llama(path, layers=layers, hidden=hidden, vocab=len(tokenizer), seed=seed)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama3_pair(tmp_path_factory, llama3_tokenizer):
+    """(base, instruct): tiny random Llama-3-tokenizer models standing in for a base/instruct pair."""
+    root = tmp_path_factory.mktemp("pair")
+    return make_llama3_model(root / "base", llama3_tokenizer, seed=1), make_llama3_model(root / "instruct", llama3_tokenizer, seed=2)

@@ -209,7 +209,14 @@ def checkpoint_dir(out: Path, fingerprint: str) -> tuple[Path, bool]:
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"fingerprint": fingerprint}))
-    return path, any(path.glob("checkpoint-*"))
+    return path, last_complete_checkpoint(path) is not None
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest `checkpoint-N` that was fully written (the Trainer writes trainer_state.json last;
+    a process killed while saving leaves a checkpoint without it, which must not be resumed)."""
+    complete = [p for p in Path(checkpoints).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
 
 
 def build_config(config_class, settings: TrainSettings, checkpoints: Path, **stage_fields):
@@ -225,13 +232,14 @@ def build_config(config_class, settings: TrainSettings, checkpoints: Path, **sta
 def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints: Path, resume: bool, stage: str, args: dict, metrics: dict, inputs: dict[str, Path]) -> dict:
     """Train (resuming from the last checkpoint when there is one), then save on the main process."""
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    last = last_complete_checkpoint(checkpoints) if resume else None
+    result = trainer.train(resume_from_checkpoint=last)
     state = trainer.state
     metrics = {
         **metrics,
         "train_loss": result.training_loss,
         "global_step": state.global_step,
-        "resumed": resume,
+        "resumed_from_step": int(last.rsplit("-", 1)[1]) if last else None,
         "num_input_tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0),
         "train_seconds": round(time.time() - started, 2),
         "log_history": [h for h in state.log_history if "loss" in h],
