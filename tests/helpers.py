@@ -23,5 +23,17 @@ def state(path):
     return out
 
 
+def expand_with_tokenizer(src, out, blocks=2):
+    """LLaMA-Pro-expand a fixture model and give the output its tokenizer files (for training)."""
+    from shutil import copy2
+
+    from llamak.surgery.expand import expand
+
+    expand(src, out, blocks=blocks, progress=False)
+    for f in src.glob("tokenizer*"):
+        copy2(f, out / f.name)
+    return out
+
+
 def random_ids(vocab=256, batch=2, length=19, seed=0):
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))

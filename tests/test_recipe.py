@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import expand_with_tokenizer
 
 from llamak.errors import LlamakError
 from llamak.recipe import load_recipe, run_recipe
@@ -87,12 +88,7 @@ def test_rerun_skips_and_changes_rerun_only_downstream(llama3_pair, data, tmp_pa
 
 
 def test_killed_cpt_resumes_from_its_checkpoint(llama3_pair, data, tmp_path):
-    from llamak.surgery.expand import expand
-
-    expanded = tmp_path / "expanded"
-    expand(llama3_pair[0], expanded, blocks=2, progress=False)
-    for f in llama3_pair[0].glob("tokenizer*"):
-        (expanded / f.name).write_bytes(f.read_bytes())
+    expanded = expand_with_tokenizer(llama3_pair[0], tmp_path / "expanded")
     out = tmp_path / "cpt"
     config = tmp_path / "cpt.yaml"
     config.write_text(yaml.safe_dump({
@@ -158,12 +154,7 @@ def test_shipped_recipes_validate():
 
 def test_ddp_two_processes_run_a_cpt_stage(llama3_pair, data, tmp_path):
     """The multi-GPU code path (accelerate launch, DDP) on 2 CPU processes with gloo."""
-    from llamak.surgery.expand import expand
-
-    expanded = tmp_path / "expanded"
-    expand(llama3_pair[0], expanded, blocks=2, progress=False)
-    for f in llama3_pair[0].glob("tokenizer*"):
-        (expanded / f.name).write_bytes(f.read_bytes())
+    expanded = expand_with_tokenizer(llama3_pair[0], tmp_path / "expanded")
     config = tmp_path / "cpt.yaml"
     out = tmp_path / "cpt"
     config.write_text(yaml.safe_dump({"model": str(expanded), "out": str(out), "corpus": {"ko": [str(data / "ko.jsonl")]},

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from helpers import state
+from helpers import expand_with_tokenizer, state
 
-from llamak.surgery.expand import expand
 from llamak.train import cpt, sft
 from llamak.train.cpt import CptConfig, mix_by_tokens
 from llamak.train.sft import SftConfig
@@ -26,13 +25,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def expanded(llama3_pair, tmp_path_factory):
-    out = tmp_path_factory.mktemp("expanded") / "model"
-    expand(llama3_pair[0], out, blocks=2, progress=False)
-    from shutil import copy2
-
-    for f in llama3_pair[0].glob("tokenizer*"):
-        copy2(f, out / f.name)
-    return out
+    return expand_with_tokenizer(llama3_pair[0], tmp_path_factory.mktemp("expanded") / "model")
 
 
 def cpt_config(root, **kw):
@@ -61,6 +54,14 @@ def test_mixing_matches_token_shares_without_repeats():
     assert len(set(chosen)) == len(chosen)
     assert report["tokens"] == {"ko": 300, "en": 300}
     assert report["share"] == {"ko": 0.5, "en": 0.5}
+
+
+def test_mixing_is_not_skewed_by_one_huge_document():
+    docs = {"ko": ["huge"] + [f"k{i}" for i in range(50)], "en": [f"e{i}" for i in range(10)]}
+    tokens = {"ko": [5000] + [10] * 50, "en": [30] * 10}
+    for seed in range(5):
+        _, report = mix_by_tokens(docs, tokens, {"ko": 0.5, "en": 0.5}, seed=seed)
+        assert abs(report["share"]["ko"] - 0.5) < 0.02
 
 
 def test_packed_batches_equal_per_document_logits(expanded, corpus, tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamak.errors import ArchitectureMismatch, CheckpointError
-from llamak.lineage import LayerMap, identity_layer_map, read_lineage, validate_layer_map
+from llamak.lineage import LayerMap, identity_layer_map, read_json_object, read_lineage, validate_layer_map
 from llamak.surgery.tensors import CheckpointReader
 
 # Decoder-only families whose blocks are `model.layers.{i}` with residual `self_attn.o_proj` and
@@ -41,12 +41,7 @@ class ModelDir:
         config_path = path / "config.json"
         if not config_path.is_file():
             raise CheckpointError(f"{role} {path}: no config.json (not a Hugging Face model directory)")
-        try:
-            config = json.loads(config_path.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{config_path}: expected a JSON object")
+        config = read_json_object(config_path)
         model_type = config.get("model_type")
         if model_type not in LLAMA_FAMILY:
             raise CheckpointError(

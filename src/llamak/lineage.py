@@ -57,17 +57,20 @@ def validate_layer_map(layer_map: LayerMap, num_layers: int, where: str) -> None
             )
 
 
-def read_lineage(model_dir: Path) -> dict | None:
-    path = Path(model_dir) / LINEAGE_FILE
-    if not path.is_file():
-        return None
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; errors name the file."""
     try:
-        lineage = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(lineage, dict):
+    if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
-    return _upgrade(lineage)
+    return data
+
+
+def read_lineage(model_dir: Path) -> dict | None:
+    path = Path(model_dir) / LINEAGE_FILE
+    return _upgrade(read_json_object(path)) if path.is_file() else None
 
 
 def _upgrade(lineage: dict) -> dict:

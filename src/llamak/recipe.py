@@ -150,22 +150,32 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
-    """Parse and validate a recipe; every error is one line naming the file, stage and field."""
+def read_yaml_mapping(path: Path, expected: str) -> dict:
+    """A YAML file that must hold a mapping; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise LlamakError(f"{path}: no such recipe file")
+        raise LlamakError(f"{path}: no such file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise LlamakError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(raw, dict):
-        raise LlamakError(f"{path}: expected a mapping with name, base and stages")
+        raise LlamakError(f"{path}: expected a mapping with {expected}")
+    return raw
+
+
+def validate(model: type[BaseModel], data: dict, where: str) -> BaseModel:
+    """Pydantic validation whose first error becomes one line: where, field, message."""
     try:
-        recipe = Recipe.model_validate(raw)
+        return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        raise LlamakError(f"{path}: field {_field_path(err['loc'])!r}: {err['msg']}") from None
+        raise LlamakError(f"{where}field {_field_path(err['loc'])!r}: {err['msg']}") from None
+
+
+def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
+    """Parse and validate a recipe; every error is one line naming the file, stage and field."""
+    recipe = validate(Recipe, read_yaml_mapping(path, "name, base and stages"), f"{path}: ")
     stages: list[Stage] = []
     for i, item in enumerate(recipe.stages, 1):
         if not isinstance(item, dict) or len(item) != 1:
@@ -173,11 +183,7 @@ def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
         (kind, fields), = item.items()
         if kind not in STAGES:
             raise LlamakError(f"{path}: stage {i}: unknown stage type {kind!r} (known: {', '.join(STAGES)})")
-        try:
-            config = STAGES[kind].config().model_validate(fields or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise LlamakError(f"{path}: stage {i} ({kind}): field {_field_path(err['loc'])!r}: {err['msg']}") from None
+        config = validate(STAGES[kind].config(), fields or {}, f"{path}: stage {i} ({kind}): ")
         name = config.name or kind
         if name in {s.name for s in stages} or name in ("base", "instruct"):
             raise LlamakError(f"{path}: stage {i} ({kind}): name {name!r} is already used; give it `name:`")
@@ -195,21 +201,11 @@ def load_stage_file(kind: str, path: Path) -> tuple[BaseModel, Path, Path]:
     """A standalone stage config (`llamak train KIND CONFIG`): stage fields plus `model:` and `out:`."""
     from llamak.zoo import resolve_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise LlamakError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LlamakError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict) or "model" not in raw or "out" not in raw:
+    raw = read_yaml_mapping(path, f"`model:`, `out:` and the {kind} fields")
+    if "model" not in raw or "out" not in raw:
         raise LlamakError(f"{path}: expected a mapping with `model:`, `out:` and the {kind} fields")
     out = Path(raw.pop("out"))
-    try:
-        config = STAGES[kind].config().model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise LlamakError(f"{path}: field {_field_path(err['loc'])!r}: {err['msg']}") from None
+    config = validate(STAGES[kind].config(), raw, f"{path}: ")
     return config, resolve_model(config.model, role="model"), out
 
 

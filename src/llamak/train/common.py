@@ -229,6 +229,18 @@ def build_config(config_class, settings: TrainSettings, checkpoints: Path, **sta
         raise LlamakError(f"trainer: {e} (see {config_class.__name__} in TRL for valid fields)") from None
 
 
+def run_training(stage: str, make_trainer, config: TrainSettings, model_dir: Path, out: Path) -> dict:
+    """A training stage end to end: checkpoints dir (resume if it matches), trainer, train, save.
+
+    `make_trainer(config, model_dir, checkpoints)` returns (trainer, tokenizer, ModelDir, metrics).
+    """
+    out = Path(out)
+    checkpoints, resume = checkpoint_dir(out, fingerprint(config, model_dir))
+    trainer, tokenizer, source, metrics = make_trainer(config, model_dir, checkpoints)
+    args = config.model_dump(mode="json")
+    return train_and_save(trainer, source, tokenizer, out, checkpoints, resume, stage, args, metrics, {"model": Path(model_dir)})
+
+
 def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints: Path, resume: bool, stage: str, args: dict, metrics: dict, inputs: dict[str, Path]) -> dict:
     """Train (resuming from the last checkpoint when there is one), then save on the main process."""
     started = time.time()

@@ -20,17 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from llamak.errors import LlamakError
-from llamak.train.common import (
-    TrainSettings,
-    build_config,
-    checkpoint_dir,
-    expand_globs,
-    fingerprint,
-    load_for_training,
-    prepare_trainable,
-    read_jsonl,
-    train_and_save,
-)
+from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -72,7 +62,9 @@ def mix_by_tokens(docs: dict[str, list[str]], tokens: dict[str, list[int]], mix:
     """Choose whole documents so each language's token share matches `mix`, without repeating any.
 
     The scarcest language (relative to its share) is used in full; the others are subsampled to
-    match. Returns the shuffled documents and a report of the token counts and shares achieved.
+    match: documents are taken in a seeded random order, skipping any that would overshoot the
+    language's token budget by more than 1 % (one huge document must not take a language's whole
+    budget). Returns the shuffled documents and a report of the token counts and shares achieved.
     """
     available = {lang: sum(counts) for lang, counts in tokens.items()}
     if mix is None:
@@ -89,10 +81,9 @@ def mix_by_tokens(docs: dict[str, list[str]], tokens: dict[str, list[int]], mix:
         rng.shuffle(order)
         used[lang] = 0
         for i in order:
-            if used[lang] >= budget * 0.999:
-                break
-            chosen.append(docs[lang][i])
-            used[lang] += tokens[lang][i]
+            if used[lang] + tokens[lang][i] <= budget * 1.01:
+                chosen.append(docs[lang][i])
+                used[lang] += tokens[lang][i]
     rng.shuffle(chosen)
     all_used = sum(used.values())
     report = {"tokens": used, "share": {lang: round(n / all_used, 4) for lang, n in used.items()}, "documents": len(chosen)}
@@ -132,8 +123,4 @@ def make_trainer(config: CptConfig, model_dir: Path, checkpoints: Path):
 
 def run_cpt(config: CptConfig, model_dir: Path, out: Path) -> dict:
     """Run a CPT stage from `model_dir` into `out`; resumes from `OUT.checkpoints/` when it can."""
-    checkpoints, resume = checkpoint_dir(Path(out), fingerprint(config, model_dir))
-    trainer, tokenizer, source, metrics = make_trainer(config, model_dir, checkpoints)
-    return train_and_save(
-        trainer, source, tokenizer, Path(out), checkpoints, resume, "cpt", config.model_dump(mode="json"), metrics, {"model": Path(model_dir)}
-    )
+    return run_training("cpt", make_trainer, config, model_dir, out)

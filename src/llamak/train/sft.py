@@ -19,17 +19,7 @@ from pydantic import Field
 
 from llamak.chat_template import ASSISTANT_MASK_TEMPLATE, CHATML_ASSISTANT_MASK_TEMPLATE
 from llamak.errors import LlamakError
-from llamak.train.common import (
-    TrainSettings,
-    build_config,
-    checkpoint_dir,
-    expand_globs,
-    fingerprint,
-    load_for_training,
-    prepare_trainable,
-    read_jsonl,
-    train_and_save,
-)
+from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -94,14 +84,10 @@ def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
         assistant_only_loss=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": chats}), processing_class=tokenizer)
-    return trainer, tokenizer, plain_template, source, {**params, "conversations": len(chats)}
+    tokenizer.chat_template = plain_template  # the dataset is tokenized: the model is saved with the plain one
+    return trainer, tokenizer, source, {**params, "conversations": len(chats)}
 
 
 def run_sft(config: SftConfig, model_dir: Path, out: Path) -> dict:
     """Run an SFT stage from `model_dir` into `out`; resumes from `OUT.checkpoints/` when it can."""
-    checkpoints, resume = checkpoint_dir(Path(out), fingerprint(config, model_dir))
-    trainer, tokenizer, plain_template, source, metrics = make_trainer(config, model_dir, checkpoints)
-    tokenizer.chat_template = plain_template  # the trainer has tokenized already; save the plain one
-    return train_and_save(
-        trainer, source, tokenizer, Path(out), checkpoints, resume, "sft", config.model_dump(mode="json"), metrics, {"model": Path(model_dir)}
-    )
+    return run_training("sft", make_trainer, config, model_dir, out)
