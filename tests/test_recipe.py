@@ -126,6 +126,10 @@ def test_killed_cpt_resumes_from_its_checkpoint(llama3_pair, data, tmp_path):
         (lambda r: r.update(colour="red"), "field 'colour'"),
         (lambda r: r["stages"][2]["chat_vector"].update(model="sft"), "names a stage that has not run yet"),
         (lambda r: r["stages"][1]["cpt"]["corpus"].update(ko=["nowhere/*.jsonl"]), "corpus.ko: 'nowhere/*.jsonl' matches no file"),
+        (lambda r: r["stages"][3]["sft"].update(dataset=["nowhere.jsonl"]), "dataset: 'nowhere.jsonl' matches no file"),
+        (lambda r: r["stages"][2]["chat_vector"].update(instruct="/no/such/model"), "stage 3 (chat_vector): instruct '/no/such/model'"),
+        (lambda r: r.update(base="/no/such/base"), "base '/no/such/base': no such directory"),
+        (lambda r: r["stages"][3]["sft"].update(trainer={"output_dir": "x"}), "field 'trainer': Value error, output_dir is set by llamak"),
     ],
 )
 def test_recipe_errors_are_one_line_naming_the_field(llama3_pair, data, tmp_path, mutate, needle):
@@ -136,6 +140,26 @@ def test_recipe_errors_are_one_line_naming_the_field(llama3_pair, data, tmp_path
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("llamak: error:")]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs" / "t" / "expand").exists(), "the error must come before any stage runs"
+
+
+def test_corrupt_manifest_is_a_clear_error(llama3_pair, data, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", llama3_pair, data)
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    (tmp_path / "runs" / "t" / "manifest.json").write_text("{half")
+    with pytest.raises(LlamakError, match="corrupt manifest"):
+        run_recipe(recipe, tmp_path / "runs")
+
+
+def test_bad_trainer_values_are_one_line_errors(tmp_path):
+    from trl import SFTConfig
+
+    from llamak.train.common import TrainSettings, build_config
+
+    with pytest.raises(LlamakError, match="SFTConfig: .*bogus"):
+        build_config(SFTConfig, TrainSettings(lr_scheduler="bogus"), tmp_path)
+    with pytest.raises(LlamakError, match="SFTConfig: .*no_such_field"):
+        build_config(SFTConfig, TrainSettings(trainer={"no_such_field": 1}), tmp_path)
 
 
 def test_only_and_from_name_real_stages(llama3_pair, data, tmp_path):

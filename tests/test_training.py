@@ -107,6 +107,24 @@ def test_sft_labels_only_assistant_tokens_and_their_eot(llama3_pair, tmp_path):
     assert labelled == "서울은 대한민국의 수도입니다.<|eot_id|>Seoul is the capital of South Korea.<|eot_id|>"
 
 
+def test_sft_packed_labels_cover_every_assistant_turn_and_nothing_else(llama3_pair, tmp_path):
+    chats = [
+        [{"role": "user", "content": f"질문 {i}: 한국의 수도는?"}, {"role": "assistant", "content": f"서울입니다 ({i})."}]
+        for i in range(4)
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in chats))
+    config = SftConfig(dataset=[str(data)], max_steps=1, seq_len=512, batch_size=4, packing=True)
+    trainer, tokenizer, *_ = sft.make_trainer(config, llama3_pair[1], tmp_path / "ck")
+    batch = next(iter(trainer.get_train_dataloader()))
+    labels = batch["labels"][0]
+    pieces = tokenizer.decode(labels[labels != -100]).split("<|eot_id|>")[:-1]
+    assert sorted(pieces) == sorted(c[1]["content"] for c in chats)
+    assert "질문" not in "".join(pieces)
+    # the tokenizer saved with the model renders exactly what was trained, minus the markers
+    assert "generation %}" not in tokenizer.chat_template and "generation -%}" not in tokenizer.chat_template
+
+
 def test_sft_lora_is_merged_into_plain_weights(llama3_pair, tmp_path):
     data = tmp_path / "chat.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"질문 {i}"}, {"role": "assistant", "content": f"답변 {i}입니다."}]} for i in range(8)]

@@ -94,17 +94,18 @@ def library_versions() -> dict[str, str]:
 def content_hash(model_dir: Path, samples_per_file: int = 8, sample_bytes: int = 1 << 16) -> str:
     """A quick fingerprint of a checkpoint without re-reading all of its weights.
 
-    Hashes config.json, the shard index, every safetensors header (names, dtypes, shapes, offsets),
-    each file's size and `samples_per_file` evenly spaced 64 KiB samples of its data. Changing a
-    layout or most weight updates changes it; reading a 140 GB checkpoint costs a few MB of IO.
+    Hashes config, generation config, tokenizer and chat-template files, the shard index, every
+    safetensors header (names, dtypes, shapes, offsets), each file's size and `samples_per_file`
+    evenly spaced 64 KiB samples of its data (plus the file's own llamak.json, whose metrics change
+    with every training run). Reading a 140 GB checkpoint costs a few MB of IO.
     """
     from llamak.surgery.tensors import header_bytes, weight_files
 
     model_dir = Path(model_dir)
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json"):
-        if (model_dir / name).is_file():
-            h.update(name.encode() + (model_dir / name).read_bytes())
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and (path.suffix in (".json", ".jinja", ".model", ".txt") or path.name.startswith("tokenizer")):
+            h.update(path.name.encode() + path.read_bytes())
     for path in weight_files(model_dir):
         size = path.stat().st_size
         h.update(path.name.encode() + size.to_bytes(8, "little") + header_bytes(path))
@@ -113,6 +114,14 @@ def content_hash(model_dir: Path, samples_per_file: int = 8, sample_bytes: int =
                 f.seek(size * i // samples_per_file)
                 h.update(f.read(sample_bytes))
     return "sha256:" + h.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a data file; size and mtime for files over 64 MB (no full read of big corpora)."""
+    stat = Path(path).stat()
+    if stat.st_size <= 64 * 2**20:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def make_lineage(stage: str, args: dict, inputs: dict[str, Path], layer_map: LayerMap | None, **extra) -> dict:

@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llamak.errors import LlamakError
-from llamak.lineage import content_hash
+from llamak.lineage import content_hash, file_fingerprint
 
 log = logging.getLogger("llamak")
 
@@ -49,7 +49,7 @@ class StageFields(BaseModel):
     """Fields every stage accepts besides its own."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None  # defaults to the stage type; needed to repeat a type
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$")  # defaults to the type; needed to repeat a type
     model: str | None = None  # input: an earlier stage, base, instruct, zoo:NAME or a path (default: previous stage)
 
 
@@ -202,7 +202,7 @@ def load_stage_file(kind: str, path: Path) -> tuple[BaseModel, Path, Path]:
     from llamak.zoo import resolve_model
 
     raw = read_yaml_mapping(path, f"`model:`, `out:` and the {kind} fields")
-    if "model" not in raw or "out" not in raw:
+    if not raw.get("model") or not raw.get("out"):
         raise LlamakError(f"{path}: expected a mapping with `model:`, `out:` and the {kind} fields")
     out = Path(raw.pop("out"))
     config = validate(STAGES[kind].config(), raw, f"{path}: ")
@@ -233,13 +233,6 @@ class RunContext:
         return resolve_model(ref, role=what)
 
 
-def file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    if stat.st_size <= 64 * 2**20:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"  # big corpora: size and time, not a full read
-
-
 def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
     """Hash of what determines a stage's output: type, config, inputs (upstream hashes) and data files."""
     data = getattr(stage.config, "data_files", lambda: [])()
@@ -255,13 +248,61 @@ def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
 
 def read_manifest(run_dir: Path) -> dict:
     path = run_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        manifest = json.loads(path.read_text())
+        assert isinstance(manifest.get("stages"), dict)
+        return manifest
+    except (ValueError, AssertionError, AttributeError):
+        raise LlamakError(f"{path}: corrupt manifest; delete it to rerun every stage") from None
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> None:
     tmp = run_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(run_dir / MANIFEST)
+
+
+class Processes:
+    """Rank awareness under `accelerate launch`: training stages run on every process; surgery,
+    the manifest, the report and samples on the main one, with a barrier after each stage."""
+
+    def __init__(self):
+        import os
+
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState()
+
+    @property
+    def is_main(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def preflight(ctx: RunContext, stages: list[Stage], recipe_path: Path) -> None:
+    """Check every data glob and external model path before any stage runs."""
+    from llamak.zoo import ZOO_PREFIX, looks_like_hub_id
+
+    for i, stage in enumerate(stages, 1):
+        getattr(stage.config, "data_files", lambda: [])()
+        if stage.type == "chat_vector" and (stage.config.instruct or "instruct") == "instruct" and not ctx.recipe.instruct:
+            raise LlamakError(f"{recipe_path}: stage {i} (chat_vector) needs the recipe's `instruct` model, or its own `instruct:`")
+        for field in ("model", "base", "instruct"):
+            ref = getattr(stage.config, field, None)
+            if ref and ref not in ctx.stage_names and ref not in ("base", "instruct") and not ref.startswith(ZOO_PREFIX):
+                if not Path(ref).is_dir() and not looks_like_hub_id(ref):
+                    raise LlamakError(f"{recipe_path}: stage {i} ({stage.type}): {field} {ref!r}: no such directory")
+    for field in ("base", "instruct"):
+        ref = getattr(ctx.recipe, field)
+        if ref and not ref.startswith(ZOO_PREFIX) and not Path(ref).is_dir() and not looks_like_hub_id(ref):
+            raise LlamakError(f"{recipe_path}: {field} {ref!r}: no such directory")
 
 
 def run_recipe(
@@ -279,11 +320,15 @@ def run_recipe(
         if value is not None and value not in names:
             raise LlamakError(f"{flag} {value}: no such stage in {recipe_path} (stages: {', '.join(names)})")
     run_dir = Path(out) / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(recipe, run_dir, names)
+    preflight(ctx, stages, recipe_path)
+    procs = Processes()
+    run_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(run_dir)
-    manifest.update(recipe=str(Path(recipe_path).resolve()), name=recipe.name)
-    hashes: dict[str, str] = {}
+    manifest.update(recipe=str(Path(recipe_path).resolve()), name=recipe.name, order=names)
+    # A stage's key for its consumers: its config hash plus when its output was made, so that a
+    # stage regenerated by --only/--from also reruns everything downstream.
+    keys: dict[str, str] = {}
     forced = set(names) if force else set(names[names.index(start):]) if start else set()
 
     previous = "base"
@@ -291,39 +336,47 @@ def run_recipe(
         input_ref = stage.config.model or previous
         previous = stage.name
         extra = [stage.config.base or "base", stage.config.instruct or "instruct"] if stage.type == "chat_vector" else []
-        keys = [hashes.get(ref) or external_key(ctx, ref) for ref in [input_ref, *extra]]
-        h = hashes[stage.name] = stage_hash(stage, keys[0], keys[1:])
+        inputs = [keys.get(ref) or external_key(ctx, ref) for ref in [input_ref, *extra]]
+        h = stage_hash(stage, inputs[0], inputs[1:])
         out_dir = run_dir / stage.name
         done = manifest["stages"].get(stage.name)
         up_to_date = bool(done and done["hash"] == h and out_dir.is_dir())
         if only is not None and stage.name != only:
             if names.index(stage.name) < names.index(only) and not up_to_date:
                 raise LlamakError(f"--only {only}: it needs stage {stage.name!r}, which has not run with this config")
+            keys[stage.name] = f"{h}:{done['finished'] if done else ''}"
             continue
         if up_to_date and stage.name not in forced and only is None:
             log.info("✓ %s: up to date (%s)", stage.name, out_dir)
+            keys[stage.name] = f"{h}:{done['finished']}"
             continue
         log.info("▶ %s (%s) → %s", stage.name, stage.type, out_dir)
         model = ctx.resolve(input_ref, f"stage {stage.name}: model")
         started = time.time()
-        metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
+        metrics = {}
+        if STAGES[stage.type].trains or procs.is_main:
+            metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
+        procs.barrier()
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        keys[stage.name] = f"{h}:{finished}"
         manifest["stages"][stage.name] = {
             "type": stage.type,
             "hash": h,
             "input": input_ref,
             "input_path": str(model),
             "seconds": round(time.time() - started, 2),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished": finished,
             "metrics": metrics,
         }
-        manifest["order"] = names
+        if procs.is_main:
+            write_manifest(run_dir, manifest)
+            write_report_quietly(run_dir)
+        procs.barrier()
+    if procs.is_main:
         write_manifest(run_dir, manifest)
         write_report_quietly(run_dir)
-    manifest["order"] = names
-    write_manifest(run_dir, manifest)
-    write_report_quietly(run_dir)
-    if sample and recipe.sample and only is None:
-        print_samples(run_dir / names[-1], recipe.sample)
+        if sample and recipe.sample and only is None:
+            print_samples(run_dir / names[-1], recipe.sample)
     return manifest
 
 

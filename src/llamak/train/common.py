@@ -18,16 +18,21 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llamak.checkpoint import ModelDir
 from llamak.errors import LlamakError
-from llamak.lineage import LayerMap, atomic_output, content_hash, inserted_layers, make_lineage, write_lineage
+from llamak.lineage import LayerMap, atomic_output, content_hash, file_fingerprint, inserted_layers, make_lineage, write_lineage
 
 log = logging.getLogger("llamak")
 
 CHECKPOINT_SUFFIX = ".checkpoints"  # Trainer checkpoints live beside the output until it is complete
 STATE_FILE = "llamak_stage.json"
+
+
+# Fields llamak sets from the stage itself; overriding them through `trainer:` would break
+# resume (output_dir), packing without truncation, or the assistant-only loss.
+RESERVED_TRAINER_FIELDS = {"output_dir", "max_steps", "max_length", "packing", "packing_strategy", "assistant_only_loss", "dataset_text_field"}
 
 
 class LoraSettings(BaseModel):
@@ -59,6 +64,14 @@ class TrainSettings(BaseModel):
     gradient_checkpointing: bool = False
     lora: LoraSettings = LoraSettings()
     trainer: dict = Field(default_factory=dict, description="extra TRL/transformers config fields, passed through")
+
+    @field_validator("trainer")
+    @classmethod
+    def _not_reserved(cls, trainer: dict) -> dict:
+        reserved = sorted(RESERVED_TRAINER_FIELDS & set(trainer))
+        if reserved:
+            raise ValueError(f"{reserved[0]} is set by llamak from the stage's own fields and cannot be overridden")
+        return trainer
 
 
 def hardware_flags() -> dict:
@@ -101,13 +114,17 @@ def read_jsonl(path: Path, required: str) -> list[dict]:
 
 
 def load_for_training(model_dir: Path):
-    """Model (float32 on CPU, bf16 on GPU), tokenizer and `ModelDir` (config, lineage, layer map)."""
+    """Model, tokenizer and `ModelDir` (config, lineage, layer map).
+
+    Weights load in float32 — the optimizer's master copy; on a GPU `bf16=True` then autocasts the
+    compute — and are saved back in the checkpoint's own dtype, so a bf16 input gives a bf16
+    output whose frozen layers are bit-identical (bf16 → fp32 → bf16 is exact).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = ModelDir.open(model_dir)
-    dtype = torch.bfloat16 if hardware_flags()["bf16"] else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -190,9 +207,11 @@ def trl_config_kwargs(settings: TrainSettings, checkpoints: Path) -> dict:
 
 
 def fingerprint(config: BaseModel, model_dir: Path) -> str:
-    """Identifies a run for checkpoint resume: the same stage config on the same input model."""
+    """Identifies a run for checkpoint resume: the same stage config, data files and input model."""
     h = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     h.update(content_hash(model_dir).encode())
+    for path in getattr(config, "data_files", lambda: [])():
+        h.update(f"{path}:{file_fingerprint(path)}".encode())
     return h.hexdigest()
 
 
@@ -209,7 +228,19 @@ def checkpoint_dir(out: Path, fingerprint: str) -> tuple[Path, bool]:
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"fingerprint": fingerprint}))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the others decide only after the tidy-up
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
     return path, last_complete_checkpoint(path) is not None
+
+
+def source_dtype(source: ModelDir):
+    """The dtype the input checkpoint was stored in (float32 when the config does not say)."""
+    import torch
+
+    name = source.config.get("dtype") or source.config.get("torch_dtype") or "float32"
+    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -220,13 +251,13 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
 
 
 def build_config(config_class, settings: TrainSettings, checkpoints: Path, **stage_fields):
-    """Instantiate a TRL config; an unknown pass-through field becomes a one-line error."""
+    """Instantiate a TRL config; a bad or reserved pass-through field becomes a one-line error."""
     kwargs = trl_config_kwargs(settings, checkpoints) | stage_fields
     kwargs.update(settings.trainer)
     try:
         return config_class(**kwargs)
-    except TypeError as e:
-        raise LlamakError(f"trainer: {e} (see {config_class.__name__} in TRL for valid fields)") from None
+    except (TypeError, ValueError) as e:
+        raise LlamakError(f"{config_class.__name__}: {' '.join(str(e).split())}") from None
 
 
 def run_training(stage: str, make_trainer, config: TrainSettings, model_dir: Path, out: Path) -> dict:
@@ -261,6 +292,7 @@ def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints:
         if hasattr(model, "merge_and_unload"):  # LoRA: the saved model is plain weights
             model = model.merge_and_unload()
         model.config.use_cache = True
+        model.to(source_dtype(source))
         with atomic_output(out, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -5,8 +5,10 @@
 Data: JSONL files whose rows hold `messages` (`[{"role": …, "content": …}, …]`). The model's chat
 template renders them; for the loss mask the template needs `{% generation %}` markers, so for
 Llama-3 and ChatML tokenizers llamak swaps in its marked variant while training (TRL's
-`assistant_only_loss=True`) and saves the plain template with the model. `trainable: lora` merges
-the adapters into the saved weights.
+`assistant_only_loss=True`) and saves that same template, markers removed, with the model: the
+output is prompted exactly as it was trained (for a hub Llama-3.1 model this drops the hub
+template's injected "Cutting Knowledge Date" system block). `trainable: lora` merges the adapters
+into the saved weights.
 """
 
 from __future__ import annotations
@@ -70,8 +72,7 @@ def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer, source = load_for_training(model_dir)
-    plain_template = tokenizer.chat_template
-    tokenizer.chat_template = assistant_mask_template(tokenizer)
+    marked = tokenizer.chat_template = assistant_mask_template(tokenizer)
     chats = read_chats(config.data_files())
     log.info("sft: %d conversations", len(chats))
     model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
@@ -84,7 +85,8 @@ def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
         assistant_only_loss=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": chats}), processing_class=tokenizer)
-    tokenizer.chat_template = plain_template  # the dataset is tokenized: the model is saved with the plain one
+    # The dataset is tokenized: save the template the model was trained on, without the markers.
+    tokenizer.chat_template = marked.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "").replace("{% generation %}", "").replace("{% endgeneration %}", "")
     return trainer, tokenizer, source, {**params, "conversations": len(chats)}
 
 
