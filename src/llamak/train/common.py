@@ -251,7 +251,7 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
 
 
 def build_config(config_class, settings: TrainSettings, checkpoints: Path, **stage_fields):
-    """Instantiate a TRL config; a bad or reserved pass-through field becomes a one-line error."""
+    """Instantiate a TRL config; a field TRL does not know or a value it rejects is a one-line error."""
     kwargs = trl_config_kwargs(settings, checkpoints) | stage_fields
     kwargs.update(settings.trainer)
     try:
