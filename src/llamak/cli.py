@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+data_app = typer.Typer(help="Clean Korean/English corpora on datatrove (PII, profanity; quality, dedup, mix and pack to come).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -268,6 +270,24 @@ def train_cpt(config: Annotated[Path, typer.Argument(help="Stage config YAML.", 
 def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
     """Instruction tuning on chat JSONL (`messages`), loss on assistant turns only; full or LoRA."""
     _train("sft", config)
+
+
+@data_app.command("clean", epilog="Example:\n\n    llamak data clean 'data/ko/*.jsonl' 'data/en/*.jsonl' --out runs/clean --workers 2")
+def data_clean(
+    inputs: Annotated[list[str], typer.Argument(help="JSONL / JSONL.gz files or globs (field `text`, optional `id`).", show_default=False)],
+    out: OutOpt,
+    lang: Annotated[str, typer.Option("--lang", help="Keep ko, en, or auto (both).")] = "auto",
+    pii: Annotated[str, typer.Option("--pii", help="mask (typed placeholders), drop the document, or off.")] = "mask",
+    profanity: Annotated[str, typer.Option("--profanity", help="mask, drop, or off.")] = "mask",
+    workers: Annotated[int, typer.Option("--workers", help="Parallel datatrove tasks (Local executor).")] = 1,
+) -> None:
+    """Normalise, route ko/en, mask PII and profanity; dropped documents go to OUT/excluded/ with reasons."""
+    from llamak.data.clean import clean
+
+    summary = clean(inputs, out, lang, pii, profanity, workers)
+    for step, counters in summary.items():
+        typer.echo(f"{step}: " + ", ".join(f"{k} {v}" for k, v in counters.items() if not k.startswith("doc_len")))
+    typer.echo(f"cleaned documents: {out}/documents/   stats: {out}/stats.json")
 
 
 def main() -> None:

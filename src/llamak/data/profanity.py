@@ -37,7 +37,7 @@ class Hit:
 def _kiwi():
     from kiwipiepy import Kiwi
 
-    return Kiwi(model_type="cong", num_workers=0)  # the model kiwipiepy ships (datatrove's default is gone)
+    return Kiwi(model_type="cong", num_workers=1)  # the model kiwipiepy ships (datatrove's default is gone)
 
 
 def load_lexicon() -> dict:
