@@ -56,47 +56,52 @@ class LanguageRouter(BaseFilter):
         return True if lang in self.keep else (False, f"language_{lang}")
 
 
-class MaskPII(BaseFilter):
-    """Korean/English PII (`llamak.data.pii`): `mask` with typed placeholders, or `drop` the document."""
+class MaskingFilter(BaseFilter):
+    """Masks spans found by `mask(text) -> (text, counts)`; with mode `drop`, drops the document
+    instead. Counts go to the stats as `<reason>_<TYPE>`."""
 
-    name = "🔏 Korean PII"
+    reason = "masked"
 
     def __init__(self, mode: str = "mask", exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.mode = mode
 
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        from llamak.data.pii import mask_pii
+    def mask(self, text: str):
+        raise NotImplementedError
 
-        masked, counts = mask_pii(doc.text)
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        masked, counts = self.mask(doc.text)
         for kind, n in counts.items():
-            self.stat_update(f"pii_{kind}", value=n)
+            self.stat_update(f"{self.reason}_{kind}", value=n)
         if counts and self.mode == "drop":
-            return False, "pii"
+            return False, self.reason
         doc.text = masked
         return True
 
 
-class MaskProfanity(BaseFilter):
+class MaskPII(MaskingFilter):
+    """Korean/English PII (`llamak.data.pii`): `mask` with typed placeholders, or `drop` the document."""
+
+    name = "🔏 Korean PII"
+    reason = "pii"
+
+    def mask(self, text: str):
+        from llamak.data.pii import mask_pii
+
+        return mask_pii(text)
+
+
+class MaskProfanity(MaskingFilter):
     """Profanity/sexual/slur/threat (`llamak.data.profanity`): `mask` the spans or `drop` the document."""
 
     name = "🧼 profanity"
+    reason = "profanity"
     _requires_dependencies = [("kiwipiepy", "kiwipiepy")]
+    _filter = None
 
-    def __init__(self, mode: str = "mask", exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.mode = mode
-        self._filter = None
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+    def mask(self, text: str):
         if self._filter is None:  # built in the worker process (Kiwi is not picklable)
             from llamak.data.profanity import ProfanityFilter
 
             self._filter = ProfanityFilter()
-        masked, counts = self._filter.mask(doc.text)
-        for kind, n in counts.items():
-            self.stat_update(f"profanity_{kind}", value=n)
-        if counts and self.mode == "drop":
-            return False, "profanity"
-        doc.text = masked
-        return True
+        return self._filter.mask(text)
