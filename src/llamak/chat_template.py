@@ -14,6 +14,8 @@ renders them as one string. They agree token for token unless a message *starts*
 `assistant_only_loss=True` (via `return_assistant_tokens_mask`) trains on assistant tokens only.
 """
 
+import re
+
 ASSISTANT_MASK_TEMPLATE = (
     "{{- '<|begin_of_text|>' -}}"
     "{%- for message in messages -%}"
@@ -29,8 +31,20 @@ ASSISTANT_MASK_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
 )
 
+_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+def has_generation_markers(template: str) -> bool:
+    return bool(_GENERATION_TAG.search(template))
+
+
+def strip_generation_markers(template: str) -> str:
+    """The same template without `{% generation %}` / `{% endgeneration %}` (any whitespace control)."""
+    return _GENERATION_TAG.sub("", template)
+
+
 # The default template: the same text without the generation markers.
-CHAT_TEMPLATE = ASSISTANT_MASK_TEMPLATE.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+CHAT_TEMPLATE = strip_generation_markers(ASSISTANT_MASK_TEMPLATE)
 
 # Token strings of the Llama-3 family (ids 128000+ in the Llama-3 tokenizer).
 BEGIN_OF_TEXT = "<|begin_of_text|>"

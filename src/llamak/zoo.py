@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.resources
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -139,10 +138,6 @@ class TrainBudget:
     sft_lr: float = 2e-3
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def lm_blocks(tokenizer, texts: list[str], seq_len: int) -> list[dict]:
     """Pre-training examples: documents (BOS … EOS) concatenated and cut into `seq_len` blocks."""
     stream: list[int] = []
@@ -221,7 +216,9 @@ def build_tiny_base(out: Path, budget: TrainBudget = TrainBudget()) -> dict:
     )
     _set_seed()
     model = LlamaForCausalLM(config)
-    texts = [r["text"] for r in read_jsonl(resource("zoo", "text.jsonl"))]
+    from llamak.train.common import read_jsonl
+
+    texts = [r["text"] for r in read_jsonl(resource("zoo", "text.jsonl"), "text")]
     examples = lm_blocks(tokenizer, texts, budget.seq_len)
     metrics = _train(model, examples, out / "_trainer", budget.pretrain_steps, budget.pretrain_lr, budget)
     model.generation_config = GenerationConfig(bos_token_id=ids[BEGIN_OF_TEXT], eos_token_id=ids[END_OF_TEXT])
@@ -239,7 +236,9 @@ def build_tiny_instruct(out: Path, budget: TrainBudget = TrainBudget(), base: Pa
     ids = llama3_special_ids(tokenizer)
     _set_seed()
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
-    chats = [r["messages"] for r in read_jsonl(resource("zoo", "chat.jsonl"))]
+    from llamak.train.common import read_jsonl
+
+    chats = [r["messages"] for r in read_jsonl(resource("zoo", "chat.jsonl"), "messages")]
     metrics = _train(model, chat_examples(tokenizer, chats, budget.seq_len), out / "_trainer", budget.sft_steps, budget.sft_lr, budget)
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BEGIN_OF_TEXT],

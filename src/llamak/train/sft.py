@@ -19,7 +19,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from llamak.chat_template import ASSISTANT_MASK_TEMPLATE, CHATML_ASSISTANT_MASK_TEMPLATE
+from llamak.chat_template import (
+    ASSISTANT_MASK_TEMPLATE,
+    CHATML_ASSISTANT_MASK_TEMPLATE,
+    has_generation_markers,
+    strip_generation_markers,
+)
 from llamak.errors import LlamakError
 from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
 
@@ -41,7 +46,7 @@ class SftConfig(TrainSettings):
 def assistant_mask_template(tokenizer) -> str:
     """A chat template with `{% generation %}` markers for this tokenizer's chat format."""
     current = tokenizer.chat_template or ""
-    if "{% generation %}" in current or "{%- generation -%}" in current:
+    if has_generation_markers(current):
         return current
     if tokenizer.convert_tokens_to_ids("<|start_header_id|>") == 128006:  # the Llama-3 family
         return ASSISTANT_MASK_TEMPLATE
@@ -86,7 +91,7 @@ def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": chats}), processing_class=tokenizer)
     # The dataset is tokenized: save the template the model was trained on, without the markers.
-    tokenizer.chat_template = marked.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "").replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    tokenizer.chat_template = strip_generation_markers(marked)
     return trainer, tokenizer, source, {**params, "conversations": len(chats)}
 
 
