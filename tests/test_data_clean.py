@@ -1,13 +1,20 @@
-"""`llamak data clean` on datatrove's Local executor: masking, routing, exclusions, worker invariance."""
+"""`llamak data clean` on datatrove's Local executor: masking, routing, quality, dedup, bad input,
+exclusions, worker invariance."""
 
+import gzip
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from datatrove.data import Document
 
 from llamak.data.clean import clean
-from llamak.data.steps import Normalize, detect_language
+from llamak.data.steps import Normalize, QualityFilter, detect_language
 from llamak.errors import LlamakError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DOCS_A = [
     {"id": "a1", "text": "연락처는 010-1234-5678,  메일은 hong@example.co.kr입니다. 씨발 진짜."},
@@ -34,7 +41,7 @@ def documents(out: Path) -> dict:
 
 
 def test_clean_masks_routes_and_counts(corpus, tmp_path):
-    summary = clean([str(corpus / "*.jsonl")], tmp_path / "out", workers=1)
+    summary = clean([str(corpus / "*.jsonl")], tmp_path / "out", workers=1, quality=False, dedup=False)["filter"]
     docs = documents(tmp_path / "out")
     assert docs == {
         "a1": "연락처는 <PHONE>, 메일은 <EMAIL>입니다. <PROFANITY> 진짜.",
@@ -46,17 +53,11 @@ def test_clean_masks_routes_and_counts(corpus, tmp_path):
     assert [d["id"] for d in excluded] == ["a3"]  # Japanese: kept aside with its reason, not lost
     pii = summary["🔻 - FILTER: 🔏 Korean PII"]
     assert pii["pii_PHONE"] == 1 and pii["pii_RRN"] == 1 and pii["pii_CARD"] == 1
-    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == summary
-
-
-def test_one_and_two_workers_give_the_same_documents(corpus, tmp_path):
-    clean([str(corpus / "*.jsonl")], tmp_path / "one", workers=1)
-    clean([str(corpus / "*.jsonl")], tmp_path / "two", workers=2)
-    assert documents(tmp_path / "one") == documents(tmp_path / "two")
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["filter"] == summary
 
 
 def test_drop_mode_and_off(corpus, tmp_path):
-    clean([str(corpus / "*.jsonl")], tmp_path / "out", pii="drop", profanity="off")
+    clean([str(corpus / "*.jsonl")], tmp_path / "out", pii="drop", profanity="off", quality=False, dedup=False)
     docs = documents(tmp_path / "out")
     assert set(docs) == {"a2"}  # a1, b1, b2 hold PII
     assert "씨발" not in str(docs)
@@ -73,3 +74,88 @@ def test_normalize_and_language():
     assert Normalize().format("ＡＢ  c\x07\u3000d \n  e ") == "ＡＢ c d\ne"
     assert detect_language("대한민국은 민주공화국이다. Seoul") == "ko"
     assert detect_language("The quick brown fox jumps over the lazy dog.") == "en"
+
+
+def bundled(path: str, n: int) -> list[str]:
+    return [json.loads(line)["text"] for line in (ROOT / path).read_text().splitlines()[:n]]
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """A small 'crawl': good Korean/English text, planted duplicates, junk, broken rows, four formats."""
+    ko, en = bundled("data/ko/domains.jsonl", 6), bundled("data/en/general.jsonl", 4)
+    near = ko[0].replace("알려져 있다", "알려졌다", 1).replace("보여 준다", "보여준다", 1)
+    assert near != ko[0]
+    root = tmp_path_factory.mktemp("web")
+    rows_a = [{"id": f"ko{i}", "text": t, "source": "wiki"} for i, t in enumerate(ko[:4])]
+    rows_a.append({"id": "ko0-near", "text": near, "source": "mirror"})
+    rows_a.append({"id": "spam", "text": "최저가 할인 " * 200})
+    lines_a = [json.dumps(r, ensure_ascii=False).encode() for r in rows_a]
+    lines_a.insert(2, b'{"id": "broken", "text": "\xff\xfe bad bytes"}')
+    lines_a.insert(4, b'{"id": "cut", "text": "half a li')
+    lines_a.append(json.dumps({"id": "notext", "body": "no text field"}).encode())
+    (root / "a.jsonl").write_bytes(b"\n".join(lines_a) + b"\n")
+    rows_b = [{"id": f"en{i}", "text": t} for i, t in enumerate(en)] + [{"id": "en0-copy", "text": en[0]}]
+    with gzip.open(root / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows_b)
+    pq.write_table(pa.Table.from_pylist([{"id": "ko4", "text": ko[4], "year": 2024}]), root / "c.parquet")
+    (root / "d.txt").write_text(ko[5], encoding="utf-8")
+    (root / "e.jsonl").write_text("")
+    return root
+
+
+def all_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(folder.glob("*.jsonl*")) for line in (gzip.open(f, "rt") if f.suffix == ".gz" else f.open()).read().splitlines()]
+
+
+def test_full_pipeline_filters_dedups_and_reports_bad_input(web, tmp_path):
+    out = tmp_path / "out"
+    summary = clean([str(web)], out, workers=2)
+    docs = {r["id"]: r for r in all_rows(out / "documents")}
+    kept_pair = {"ko0", "ko0-near"} & set(docs)
+    assert len(kept_pair) == 1, "one of the near-duplicate pair stays"
+    assert len({"en0", "en0-copy"} & set(docs)) == 1, "one of the exact pair stays"
+    assert {"ko1", "ko2", "ko3", "ko4", "en1", "en2", "en3"} <= set(docs), "distinct documents are kept"
+    assert str(web / "d.txt") in docs and "spam" not in docs
+    assert docs["ko4"]["year"] == 2024 and docs["ko1"]["source"] == "wiki" and docs["ko1"]["language"] == "ko"
+
+    rejected = {(Path(r["file"]).name, r["line"], r["reason"]) for r in all_rows(out / "excluded" / "input")}
+    assert rejected == {("a.jsonl", 3, "invalid_utf8"), ("a.jsonl", 5, "malformed_json"), ("a.jsonl", 9, "missing_text"), ("e.jsonl", None, "empty_file")}
+    reader = summary["filter"]["📖 - READER: 📚 corpus"]
+    assert reader["rejected_invalid_utf8"] == reader["rejected_malformed_json"] == reader["rejected_missing_text"] == 1
+    assert [r["id"] for r in all_rows(out / "excluded" / "quality")] == ["spam"]
+    assert len(all_rows(out / "excluded" / "near_duplicate")) == 1 and len(all_rows(out / "excluded" / "exact_duplicate")) == 1
+
+
+def test_full_pipeline_is_the_same_with_one_and_two_workers_and_resumes(web, tmp_path):
+    clean([str(web)], tmp_path / "one", workers=1, gzip=True)
+    clean([str(web)], tmp_path / "two", workers=2, gzip=True)
+    one, two = all_rows(tmp_path / "one" / "documents"), all_rows(tmp_path / "two" / "documents")
+    assert one == two and len(one) == 10
+    clean([str(web)], tmp_path / "one", workers=1, gzip=True)  # rerun: every task already complete
+    assert all_rows(tmp_path / "one" / "documents") == one
+    with pytest.raises(LlamakError, match="other inputs or options"):
+        clean([str(web)], tmp_path / "one", workers=1, pii="drop")
+
+
+def test_quality_filter_keeps_good_text_and_drops_junk():
+    quality = QualityFilter()
+    good = bundled("data/ko/domains.jsonl", 20) + bundled("data/en/general.jsonl", 20)
+    assert all(quality.filter(Document(text=t, id="x", metadata={"language": detect_language(t)})) is True for t in good)
+    ko = bundled("data/ko/domains.jsonl", 1)[0]
+    junk = {
+        "ko_gopher_short_doc": "안녕하세요. 반갑습니다.",
+        "ko_gopher_below_alpha_threshold": " ".join(str(1000 + i) + "," for i in range(300)) + " 가격표입니다.",
+        "ko_gopher_enough_stop_words": "사과 바나나 포도 " * 40,
+        "ko_line_punct_ratio": "\n".join(w for w in ko.split(" ")),  # one word per line: a menu, not prose
+    }
+    for reason, text in junk.items():
+        assert quality.filter(Document(text=text, id="x", metadata={"language": "ko"})) == (False, reason)
+
+
+def test_mojibake_is_repaired():
+    broken = "안녕하세요, 서울은 대한민국의 수도입니다. Café".encode().decode("cp1252", errors="replace")
+    assert Normalize().format("ì•ˆë…•í•˜ì„¸ìš”") == "안녕하세요"
+    assert Normalize().format("Ã©tÃ© à Paris") == "été à Paris"
+    assert Normalize().format("서울은 café") == "서울은 café"  # real accents stay
+    assert broken != "안녕하세요"

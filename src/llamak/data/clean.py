@@ -1,78 +1,220 @@
-"""`llamak data clean`: JSONL corpora → normalised, ko/en-routed, PII- and profanity-cleaned JSONL.
+"""`llamak data clean`: raw Korean/English corpora → clean, deduplicated JSONL.
 
     llamak data clean data/ko/*.jsonl data/en/*.jsonl --out runs/clean --workers 2
 
-A datatrove pipeline: JsonlReader → Normalize → LanguageRouter → MaskPII → MaskProfanity →
-JsonlWriter, on the Local executor (one task per worker; datatrove's completion markers make a
-rerun skip finished tasks). Dropped documents go to `OUT/excluded/<step>/` with their reason; the
-per-step counters are summarised in `OUT/stats.json`.
+A chain of datatrove pipelines, each a stage run by the chosen executor (Local here; Slurm or Ray
+when a corpus outgrows one machine — the same pipelines):
+
+    filter   CorpusReader → Normalize → LanguageRouter → QualityFilter → MaskPII → MaskProfanity
+    exact    document hashes → duplicates found → duplicates removed (datatrove ExactDedup*)
+    minhash  signatures → buckets → clusters → near-duplicates removed (datatrove Minhash*)
+
+Tasks are one per input file (datatrove shards by file), whatever `--workers` is, so the output
+does not depend on the number of workers. Finished tasks leave datatrove's completion markers, so
+rerunning the same command resumes. Everything dropped goes to `OUT/excluded/<step>/` with its
+reason; the per-step counters are summarised in `OUT/stats.json` and printed as a table.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llamak.errors import LlamakError
+from llamak.data.readers import SUFFIXES, StageReader
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass
+class CleanOptions:
+    lang: str = "auto"  # ko | en | auto (keep both)
+    pii: str = "mask"  # mask | drop | off
+    profanity: str = "mask"  # mask | drop | off
+    quality: bool = True
+    dedup: bool = True
+    gzip: bool = False
+    text_key: str = "text"
+
+    def check(self) -> None:
+        for flag, value, allowed in (("--lang", self.lang, ("ko", "en", "auto")), ("--pii", self.pii, ("mask", "drop", "off")), ("--profanity", self.profanity, ("mask", "drop", "off"))):
+            if value not in allowed:
+                raise LlamakError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+
+
+@dataclass
+class ExecutorOptions:
+    kind: str = "local"
+    workers: int = 1
+    partition: str | None = None  # slurm
+    time: str = "24:00:00"  # slurm
+    slurm_args: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise LlamakError(f"--executor {self.kind!r}: expected one of {', '.join(EXECUTORS)}")
+        if self.kind == "slurm" and not self.partition:
+            raise LlamakError("--executor slurm needs --partition (the Slurm partition to submit to)")
+        if self.workers < 1:
+            raise LlamakError(f"--workers {self.workers}: expected at least 1")
 
 
 def input_files(patterns: list[str]) -> list[Path]:
     files: list[Path] = []
     for pattern in patterns:
         matched = sorted(Path(p).resolve() for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not matched and Path(pattern).is_dir():
+            matched = sorted(p.resolve() for p in Path(pattern).rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
         if not matched:
             raise LlamakError(f"{pattern}: matches no file")
-        bad = [p for p in matched if not p.name.endswith((".jsonl", ".jsonl.gz"))]
+        bad = [p for p in matched if not p.name.endswith(SUFFIXES)]
         if bad:
-            raise LlamakError(f"{bad[0]}: only .jsonl / .jsonl.gz inputs are supported so far")
+            raise LlamakError(f"{bad[0]}: unsupported input (expected {', '.join(SUFFIXES)})")
         files += matched
-    return files
+    return list(dict.fromkeys(files))
 
 
-def build_pipeline(files: list[Path], out: Path, lang: str, pii: str, profanity: str) -> list:
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-
-    from llamak.data.steps import LanguageRouter, MaskPII, MaskProfanity, Normalize
-
-    paths_file = out / "inputs.txt"
-    paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
-
-    def excluded(step: str):
-        return JsonlWriter(str(out / "excluded" / step), output_filename="${rank}.jsonl", compression=None)
-
-    pipeline = [JsonlReader("/", paths_file=str(paths_file)), Normalize(), LanguageRouter(lang, excluded("language"))]
-    if pii != "off":
-        pipeline.append(MaskPII(pii, excluded("pii")))
-    if profanity != "off":
-        pipeline.append(MaskProfanity(profanity, excluded("profanity")))
-    pipeline.append(JsonlWriter(str(out / "documents"), output_filename="${rank}.jsonl", compression=None))
-    return pipeline
+def document_text(doc) -> str:  # module level: it is pickled to workers (and datatrove reads its annotation)
+    return doc.text
 
 
-def summarise(stats_file: Path) -> dict:
-    """datatrove's merged stats → {step name: {counter: value}}."""
+class Stages:
+    """Builds the pipelines of a clean run under OUT and chains them on one executor kind."""
+
+    def __init__(self, out: Path, options: CleanOptions, executor: ExecutorOptions):
+        self.out, self.options, self.executor = out, options, executor
+        self.runs: list = []
+        self.names: list[str] = []
+
+    def writer(self, folder: Path, compression: str | None = None):
+        from datatrove.pipeline.writers import JsonlWriter
+
+        return JsonlWriter(str(folder), output_filename="${rank}.jsonl" + (".gz" if compression else ""), compression=compression, expand_metadata=True)
+
+    def excluded(self, step: str):
+        return self.writer(self.out / "excluded" / step)
+
+    def reader(self, folder: Path):
+        return StageReader(str(folder), glob_pattern="*.jsonl", text_key=self.options.text_key, add_file_path=False)
+
+    def add(self, name: str, pipeline: list, tasks: int) -> None:
+        kind = self.executor.kind
+        common = dict(pipeline=pipeline, tasks=tasks, logging_dir=str(self.out / "logs" / name), depends=self.runs[-1] if self.runs else None)
+        if kind == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            run = LocalPipelineExecutor(workers=min(self.executor.workers, tasks), **common)
+        elif kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            run = SlurmPipelineExecutor(
+                partition=self.executor.partition, time=self.executor.time, job_name=f"llamak-{name}", sbatch_args=self.executor.slurm_args or None, **common
+            )
+        else:
+            from datatrove.executor import RayPipelineExecutor
+
+            run = RayPipelineExecutor(workers=self.executor.workers, **common)
+        self.runs.append(run)
+        self.names.append(name)
+
+    def build(self, files: list[Path]) -> None:
+        from llamak.data.readers import CorpusReader
+        from llamak.data.steps import LanguageRouter, MaskPII, MaskProfanity, Normalize, QualityFilter
+
+        o, out = self.options, self.out
+        paths_file = out / "inputs.txt"
+        paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
+        final = out / "documents"
+        compression = "gzip" if o.gzip else None
+        filtered = out / "work" / "filtered" if o.dedup else final
+
+        steps = [CorpusReader("/", paths_file=str(paths_file), rejected_writer=self.excluded("input"), text_key=o.text_key), Normalize()]
+        steps.append(LanguageRouter(o.lang, self.excluded("language")))
+        if o.quality:
+            steps.append(QualityFilter(self.excluded("quality")))
+        if o.pii != "off":
+            steps.append(MaskPII(o.pii, self.excluded("pii")))
+        if o.profanity != "off":
+            steps.append(MaskProfanity(o.profanity, self.excluded("profanity")))
+        steps.append(self.writer(filtered, None if o.dedup else compression))
+        tasks = len(files)
+        self.add("filter", steps, tasks)
+        if o.dedup:
+            self.add_dedup(filtered, final, tasks, compression)
+
+    def add_dedup(self, filtered: Path, final: Path, tasks: int, compression: str | None) -> None:
+        from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+        from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+
+        from llamak.data.dedup import ScriptWords
+
+        work = self.out / "work"
+        exact_config = ExactDedupConfig(content_getter=document_text)
+        self.add("exact-1", [self.reader(filtered), ExactDedupSignature(str(work / "exact_sigs"), exact_config)], tasks)
+        self.add("exact-2", [ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact_config)], 1)
+        unique = work / "unique"
+        self.add("exact-3", [self.reader(filtered), ExactDedupFilter(str(work / "exact_dups"), exact_config, self.excluded("exact_duplicate")), self.writer(unique)], tasks)
+
+        minhash = MinhashConfig()
+        self.add("minhash-1", [self.reader(unique), MinhashDedupSignature(str(work / "minhash_sigs"), minhash, language=ScriptWords())], tasks)
+        self.add("minhash-2", [MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=minhash)], minhash.num_buckets)
+        self.add("minhash-3", [MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=minhash)], 1)
+        self.add(
+            "minhash-4",
+            [self.reader(unique), MinhashDedupFilter(str(work / "minhash_remove"), self.excluded("near_duplicate")), self.writer(final, compression)],
+            tasks,
+        )
+
+    def run(self) -> None:
+        self.runs[-1].run()  # runs (local/ray) or submits (slurm) its dependencies first
+
+
+def summarise(out: Path, names: list[str]) -> dict:
+    """datatrove's merged stats of every stage → {stage: {step: {counter: value}}}."""
     summary = {}
-    for step in json.loads(stats_file.read_text()):
-        counters = {k: (v["total"] if isinstance(v, dict) else v) for k, v in step.get("stats", {}).items()}
-        summary[step["name"]] = counters
+    for name in names:
+        stats_file = out / "logs" / name / "stats.json"
+        if not stats_file.exists():
+            continue
+        steps = {}
+        for step in json.loads(stats_file.read_text()):
+            steps[step["name"]] = {k: (v["total"] if isinstance(v, dict) else v) for k, v in step.get("stats", {}).items()}
+        summary[name] = steps
     return summary
 
 
-def clean(inputs: list[str], out: Path, lang: str = "auto", pii: str = "mask", profanity: str = "mask", workers: int = 1) -> dict:
-    from datatrove.executor import LocalPipelineExecutor
+def rejected_inputs(out: Path, limit: int = 5) -> list[str]:
+    """`FILE:LINE reason` of the first rejected input rows, for the end-of-run report."""
+    lines = []
+    for f in sorted((out / "excluded" / "input").glob("*.jsonl")):
+        for row in map(json.loads, f.read_text(encoding="utf-8").splitlines()):
+            lines.append(f"{row['id']}  {row['reason']}")
+            if len(lines) >= limit:
+                return lines
+    return lines
 
-    for flag, value, allowed in (("--lang", lang, ("ko", "en", "auto")), ("--pii", pii, ("mask", "drop", "off")), ("--profanity", profanity, ("mask", "drop", "off"))):
-        if value not in allowed:
-            raise LlamakError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+
+def clean(inputs: list[str], out: Path, options: CleanOptions | None = None, executor: ExecutorOptions | None = None, **flags) -> dict:
+    """Run (or, on Slurm, submit) the clean pipeline; returns the stats summary (empty when submitted)."""
+    options = options or CleanOptions(**{k: v for k, v in flags.items() if k in CleanOptions.__dataclass_fields__})
+    executor = executor or ExecutorOptions(workers=flags.get("workers", 1))
+    options.check()
+    executor.check()
     files = input_files(inputs)
     out = Path(out)
+    settings = {"inputs": [str(f) for f in files], **asdict(options)}
+    settings_file = out / "clean.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise LlamakError(f"{out}: holds a clean run with other inputs or options; use another --out (or delete it)")
     out.mkdir(parents=True, exist_ok=True)
-    executor = LocalPipelineExecutor(
-        build_pipeline(files, out, lang, pii, profanity), tasks=max(1, min(workers, len(files))), workers=workers, logging_dir=str(out / "logs")
-    )
-    executor.run()
-    summary = summarise(out / "logs" / "stats.json")
+    settings_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    stages = Stages(out, options, executor)
+    stages.build(files)
+    stages.run()
+    if executor.kind == "slurm":
+        return {}
+    summary = summarise(out, stages.names)
     (out / "stats.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
