@@ -274,20 +274,36 @@ def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", 
 
 @data_app.command("clean", epilog="Example:\n\n    llamak data clean 'data/ko/*.jsonl' 'data/en/*.jsonl' --out runs/clean --workers 2")
 def data_clean(
-    inputs: Annotated[list[str], typer.Argument(help="JSONL / JSONL.gz files or globs (field `text`, optional `id`).", show_default=False)],
-    out: OutOpt,
+    inputs: Annotated[list[str], typer.Argument(help="Files, globs or folders: .jsonl, .jsonl.gz, .parquet (field `text`, optional `id`), .txt (one document each).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: documents/, excluded/<step>/, stats.json. Rerunning resumes.", show_default=False)],
     lang: Annotated[str, typer.Option("--lang", help="Keep ko, en, or auto (both).")] = "auto",
     pii: Annotated[str, typer.Option("--pii", help="mask (typed placeholders), drop the document, or off.")] = "mask",
     profanity: Annotated[str, typer.Option("--profanity", help="mask, drop, or off.")] = "mask",
-    workers: Annotated[int, typer.Option("--workers", help="Parallel datatrove tasks (Local executor).")] = 1,
+    no_quality: Annotated[bool, typer.Option("--no-quality", help="Skip the Gopher/FineWeb quality filters.")] = False,
+    no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Skip exact and MinHash deduplication.")] = False,
+    gzip: Annotated[bool, typer.Option("--gzip", help="Write documents/*.jsonl.gz.")] = False,
+    text_key: Annotated[str, typer.Option("--text-key", help="The field holding the text.")] = "text",
+    workers: Annotated[int, typer.Option("--workers", help="Parallel tasks (processes here; Ray workers with --executor ray).")] = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local, slurm (submits sbatch jobs) or ray (needs `pip install ray`).")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition (--executor slurm).")] = None,
+    time: Annotated[str, typer.Option("--time", help="Slurm time limit per job (--executor slurm).")] = "24:00:00",
 ) -> None:
-    """Normalise, route ko/en, mask PII and profanity; dropped documents go to OUT/excluded/ with reasons."""
-    from llamak.data.clean import clean
+    """Normalise, route ko/en, filter quality, mask PII and profanity, remove duplicates.
 
-    summary = clean(inputs, out, lang, pii, profanity, workers)
-    for step, counters in summary.items():
-        typer.echo(f"{step}: " + ", ".join(f"{k} {v}" for k, v in counters.items() if not k.startswith("doc_len")))
-    typer.echo(f"cleaned documents: {out}/documents/   stats: {out}/stats.json")
+    Bad rows (invalid UTF-8, malformed JSON, no text) and empty files are counted and written to
+    OUT/excluded/input/ with FILE:LINE; every dropped document goes to OUT/excluded/<step>/.
+    """
+    from llamak.data.clean import CleanOptions, ExecutorOptions, clean, rejected_inputs, stats_table
+
+    options = CleanOptions(lang=lang, pii=pii, profanity=profanity, quality=not no_quality, dedup=not no_dedup, gzip=gzip, text_key=text_key)
+    summary = clean(inputs, out, options, ExecutorOptions(kind=executor, workers=workers, partition=partition, time=time), progress=lambda m: typer.echo(m, err=True))
+    if executor == "slurm":
+        typer.echo(f"submitted to Slurm; logs and stats under {out}/logs/, documents in {out}/documents/ when done")
+        return
+    typer.echo(stats_table(summary))
+    for line in rejected_inputs(out):
+        typer.echo(f"rejected input: {line}")
+    typer.echo(f"cleaned documents: {out}/documents/   excluded: {out}/excluded/   stats: {out}/stats.json")
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Korean/English data cleaning steps (PII so far; the datatrove pipeline comes with issue 4)."""
+"""Korean/English corpus preparation on datatrove: clean (PII, profanity, quality, dedup), mix, pack."""

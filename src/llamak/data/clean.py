@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
 
 from llamak.errors import LlamakError
 from llamak.data.readers import SUFFIXES, StageReader
@@ -76,6 +80,29 @@ def input_files(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def quiet_console() -> None:
+    """Warnings and errors only on the console; datatrove's per-task logs stay in OUT/logs/."""
+    import datatrove.utils.logging as datatrove_logging
+
+    def warnings_only():
+        datatrove_logging.logger.remove()
+        datatrove_logging.logger.add(sys.stderr, level="WARNING")
+
+    datatrove_logging.setup_default_logger = warnings_only  # what datatrove re-installs after each task
+    warnings_only()
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's Local executor, printing each task's pipeline and stats only to its log file (as
+    datatrove does for all but its first worker). LLAMAK_DATATROVE_LOGS=1 restores the console output."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        if os.environ.get("LLAMAK_DATATROVE_LOGS"):
+            return super()._run_for_rank(rank, local_rank, node_rank)
+        quiet_console()  # in this process: a worker does not inherit the parent's logger setup
+        return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
+
+
 def document_text(doc) -> str:  # module level: it is pickled to workers (and datatrove reads its annotation)
     return doc.text
 
@@ -84,7 +111,7 @@ class Stages:
     """Builds the pipelines of a clean run under OUT and chains them on one executor kind."""
 
     def __init__(self, out: Path, options: CleanOptions, executor: ExecutorOptions):
-        self.out, self.options, self.executor = out, options, executor
+        self.out, self.options, self.executor = out, options or CleanOptions(), executor
         self.runs: list = []
         self.names: list[str] = []
 
@@ -103,9 +130,7 @@ class Stages:
         kind = self.executor.kind
         common = dict(pipeline=pipeline, tasks=tasks, logging_dir=str(self.out / "logs" / name), depends=self.runs[-1] if self.runs else None)
         if kind == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
-            run = LocalPipelineExecutor(workers=min(self.executor.workers, tasks), **common)
+            run = QuietLocalExecutor(workers=min(self.executor.workers, tasks), **common)
         elif kind == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
@@ -167,8 +192,17 @@ class Stages:
             tasks,
         )
 
-    def run(self) -> None:
-        self.runs[-1].run()  # runs (local/ray) or submits (slurm) its dependencies first
+    def run(self, progress=None) -> None:
+        if self.executor.kind == "slurm":
+            self.runs[-1].run()  # submits every stage, each depending on the one before
+            return
+        if not os.environ.get("LLAMAK_DATATROVE_LOGS"):
+            quiet_console()
+        for i, (name, run) in enumerate(zip(self.names, self.runs), start=1):
+            if progress:
+                progress(f"stage {i}/{len(self.runs)}: {name} ({run.world_size} tasks)")
+            run.depends = None
+            run.run()
 
 
 def summarise(out: Path, names: list[str]) -> dict:
@@ -185,6 +219,11 @@ def summarise(out: Path, names: list[str]) -> dict:
     return summary
 
 
+def step_stats(summary: dict, stage: str, step_name: str) -> dict:
+    """The counters of one step (matched by its name, without datatrove's type prefix)."""
+    return next((c for name, c in summary.get(stage, {}).items() if name.endswith(step_name)), {})
+
+
 def rejected_inputs(out: Path, limit: int = 5) -> list[str]:
     """`FILE:LINE reason` of the first rejected input rows, for the end-of-run report."""
     lines = []
@@ -196,7 +235,7 @@ def rejected_inputs(out: Path, limit: int = 5) -> list[str]:
     return lines
 
 
-def clean(inputs: list[str], out: Path, options: CleanOptions | None = None, executor: ExecutorOptions | None = None, **flags) -> dict:
+def clean(inputs: list[str], out: Path, options: CleanOptions | None = None, executor: ExecutorOptions | None = None, progress=None, **flags) -> dict:
     """Run (or, on Slurm, submit) the clean pipeline; returns the stats summary (empty when submitted)."""
     options = options or CleanOptions(**{k: v for k, v in flags.items() if k in CleanOptions.__dataclass_fields__})
     executor = executor or ExecutorOptions(workers=flags.get("workers", 1))
@@ -212,9 +251,24 @@ def clean(inputs: list[str], out: Path, options: CleanOptions | None = None, exe
     settings_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
     stages = Stages(out, options, executor)
     stages.build(files)
-    stages.run()
+    stages.run(progress)
     if executor.kind == "slurm":
         return {}
     summary = summarise(out, stages.names)
     (out / "stats.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def stats_table(summary: dict) -> str:
+    """One line per step: documents in → out, then what it dropped, masked, repaired or rejected."""
+    rows = [("stage", "step", "in", "out", "details")]
+    for stage, steps in summary.items():
+        for step, c in steps.items():
+            n_in = c.get("total", c.get("documents", ""))
+            n_out = c.get("forwarded", c.get("documents", "")) if "dropped" in c or "forwarded" in c else ""
+            details = ", ".join(
+                f"{k.removeprefix('dropped_')} {v}" for k, v in c.items() if k.startswith(("dropped_", "pii_", "profanity_", "rejected_", "mojibake"))
+            )
+            rows.append((stage, step.split(": ", 1)[-1], str(n_in), str(n_out), details))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)

@@ -8,16 +8,21 @@ than `seq_len` is split into pieces rather than truncated, so no text is lost. L
 by token share (`mix`), by sampling whole documents without repetition. With `trainable: inserted`
 only the blocks that the layer map marks as inserted train (LLaMA-Pro); `all` trains everything;
 `lora` trains adapters (optionally only on inserted blocks) and merges them into the output.
+
+For large corpora, tokenize and pack once with `llamak data pack` (or the recipe's `data` stage)
+and give the folder as `packed:` instead of `corpus:`; the trainer then reads the Parquet shards
+as they are (its tokenizer and `seq_len` must match the ones the shards were packed with).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
 from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
@@ -26,10 +31,12 @@ log = logging.getLogger("llamak")
 
 
 class CptConfig(TrainSettings):
-    """A CPT stage. `corpus` maps a language to file globs (.jsonl/.jsonl.gz with `text`, or .txt)."""
+    """A CPT stage: `corpus` maps a language to file globs (.jsonl/.jsonl.gz with `text`, or .txt),
+    or `packed` names a folder of `llamak data pack` shards."""
 
     trainable: Literal["inserted", "all", "lora"] = "inserted"
-    corpus: dict[str, list[str]] = Field(min_length=1)
+    corpus: dict[str, list[str]] | None = Field(None, min_length=1)
+    packed: str | None = None
     mix: dict[str, float] | None = None  # token share per language, e.g. {ko: 0.5, en: 0.5}; default: as found
     text_field: str = "text"
     learning_rate: float = Field(2e-4, gt=0)
@@ -41,8 +48,39 @@ class CptConfig(TrainSettings):
             raise ValueError("shares must be positive and sum to 1")
         return mix
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.corpus is None) == (self.packed is None):
+            raise ValueError("give exactly one of `corpus` (raw text files) or `packed` (a `llamak data pack` folder)")
+        if self.packed is not None and self.mix is not None:
+            raise ValueError("`mix` applies to `corpus`; packed shards are mixed already (`llamak data mix`)")
+        return self
+
     def data_files(self) -> list[Path]:
+        if self.packed is not None:
+            return [Path(self.packed) / "pack.json", *packed_shards(Path(self.packed))]
         return [f for lang in sorted(self.corpus) for f in expand_globs(self.corpus[lang], f"corpus.{lang}")]
+
+
+def packed_shards(folder: Path) -> list[Path]:
+    if not (folder / "pack.json").is_file():
+        raise LlamakError(f"packed: {folder} has no pack.json (make it with `llamak data pack`)")
+    return sorted((folder / "shards").glob("*.parquet"))
+
+
+def load_packed(config: CptConfig, model_dir: Path):
+    """The packed shards as a `datasets.Dataset`, after checking they fit this model and seq_len."""
+    from datasets import Dataset
+
+    from llamak.data.pack import tokenizer_fingerprint
+
+    folder = Path(config.packed)
+    info = json.loads((folder / "pack.json").read_text())
+    if info["tokenizer"] != tokenizer_fingerprint(model_dir):
+        raise LlamakError(f"packed: {folder} was tokenized with another tokenizer ({info['model']}); pack it again with this model's")
+    if info["seq_len"] > config.seq_len:
+        raise LlamakError(f"packed: {folder} has rows of {info['seq_len']} tokens, longer than seq_len {config.seq_len}")
+    return Dataset.from_parquet([str(f) for f in packed_shards(folder)]), {"rows": info["rows"], "tokens": info["tokens"], "packed": str(folder)}
 
 
 def read_documents(files: list[Path], text_field: str = "text") -> list[str]:
@@ -61,29 +99,29 @@ def read_documents(files: list[Path], text_field: str = "text") -> list[str]:
 def mix_by_tokens(docs: dict[str, list[str]], tokens: dict[str, list[int]], mix: dict[str, float] | None, seed: int) -> tuple[list[str], dict]:
     """Choose whole documents so each language's token share matches `mix`, without repeating any.
 
-    The scarcest language (relative to its share) is used in full; the others are subsampled to
-    match: documents are taken in a seeded random order, skipping any that would overshoot the
-    language's token budget by more than 1 % (one huge document must not take a language's whole
-    budget). Returns the shuffled documents and a report of the token counts and shares achieved.
+    The same rule as `llamak data mix` (`choose_by_draw`): the scarcest language (relative to its
+    share) is used in full, the others are taken in a seeded random order up to their token budget,
+    skipping a document that would overshoot it by more than 1 %. Returns the shuffled documents and
+    a report of the token counts and shares achieved.
     """
+    from llamak.data.mix import choose_by_draw
+
     available = {lang: sum(counts) for lang, counts in tokens.items()}
     if mix is None:
         mix = {lang: n / sum(available.values()) for lang, n in available.items()}
     missing = sorted(set(mix) - set(docs))
     if missing:
         raise LlamakError(f"mix names {missing[0]!r}, which is not in corpus ({', '.join(sorted(docs))})")
-    total = min(available[lang] / share for lang, share in mix.items())
     rng = random.Random(seed)
+    draws = {lang: [(rng.random(), n) for n in tokens[lang]] for lang in mix}
+    rule = choose_by_draw(draws, mix)
     chosen: list[str] = []
     used: dict[str, int] = {}
-    for lang, share in mix.items():
-        budget, order = share * total, list(range(len(docs[lang])))
-        rng.shuffle(order)
-        used[lang] = 0
-        for i in order:
-            if used[lang] + tokens[lang][i] <= budget * 1.01:
-                chosen.append(docs[lang][i])
-                used[lang] += tokens[lang][i]
+    for lang in mix:
+        threshold, skipped = rule[lang]
+        picked = [(doc, n) for doc, (draw, n) in zip(docs[lang], draws[lang]) if draw < threshold and draw not in skipped]
+        chosen += [doc for doc, _ in picked]
+        used[lang] = sum(n for _, n in picked)
     rng.shuffle(chosen)
     all_used = sum(used.values())
     report = {"tokens": used, "share": {lang: round(n / all_used, 4) for lang, n in used.items()}, "documents": len(chosen)}
@@ -105,19 +143,20 @@ def make_trainer(config: CptConfig, model_dir: Path, checkpoints: Path):
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer, source = load_for_training(model_dir)
-    texts, mix_report = build_corpus(config, tokenizer)
-    log.info("cpt corpus: %d documents, tokens %s, shares %s", mix_report["documents"], mix_report["tokens"], mix_report["share"])
+    if config.packed is not None:
+        dataset, mix_report = load_packed(config, model_dir)
+        log.info("cpt corpus: %d packed rows, %d tokens from %s", mix_report["rows"], mix_report["tokens"], config.packed)
+        # rows are ready: no tokenizing or packing again; seq_lengths give the document boundaries
+        # (max_length=None: TRL's way of saying "rows are already no longer than seq_len", checked above)
+        packing = dict(packing=False, padding_free=True, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+    else:
+        texts, mix_report = build_corpus(config, tokenizer)
+        log.info("cpt corpus: %d documents, tokens %s, shares %s", mix_report["documents"], mix_report["tokens"], mix_report["share"])
+        dataset = Dataset.from_dict({"text": texts})
+        packing = dict(packing=True, packing_strategy="bfd_split", dataset_text_field="text", max_length=config.seq_len)  # split long documents, never truncate
     model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
-    args = build_config(
-        SFTConfig,
-        config,
-        checkpoints,
-        max_length=config.seq_len,
-        packing=True,
-        packing_strategy="bfd_split",  # split long documents instead of truncating them
-        dataset_text_field="text",
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer)
+    args = build_config(SFTConfig, config, checkpoints, **packing)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     return trainer, tokenizer, source, {**params, "corpus": mix_report}
 
 
