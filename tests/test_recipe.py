@@ -192,3 +192,46 @@ def test_ddp_two_processes_run_a_cpt_stage(llama3_pair, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "llamak.json").read_text())["metrics"]
     assert metrics["global_step"] == 2
+
+
+def test_data_stage_feeds_cpt_packed_rows_and_reruns_when_data_changes(llama3_pair, tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    ko = [json.loads(line)["text"] for line in (ROOT / "data/ko/domains.jsonl").read_text().splitlines()[:8]]
+    en = [json.loads(line)["text"] for line in (ROOT / "data/en/general.jsonl").read_text().splitlines()[:8]]
+    (root / "ko.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ko))
+    (root / "en.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in en))
+    recipe = {
+        "name": "d", "base": str(llama3_pair[0]), "sample": [],
+        "stages": [
+            {"data": {"inputs": [str(root / "*.jsonl")], "mix": {"ko": 0.5, "en": 0.5}, "seq_len": 64}},
+            {"expand": {"blocks": 2}},
+            {"cpt": {"packed": "data", "max_steps": 2, "seq_len": 64, "batch_size": 2}},
+        ],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
+    manifest = run_recipe(path, tmp_path / "runs", sample=False)
+    run_dir = tmp_path / "runs" / "d"
+    data = manifest["stages"]["data"]["metrics"]
+    assert data["clean"]["read"] == 16 and data["clean"]["kept"] == 16
+    assert abs(data["mix"]["share"]["ko"] - 0.5) < 0.05 and data["pack"]["seq_len"] == 64
+    assert manifest["stages"]["expand"]["input"] == "base"  # a data stage is not a model
+    assert manifest["stages"]["cpt"]["metrics"]["global_step"] == 2
+    assert (run_dir / "report.html").read_text().count("Data") >= 1
+    before = finished(run_dir)
+    run_recipe(path, tmp_path / "runs", sample=False)
+    assert finished(run_dir) == before  # nothing changed: nothing reruns
+    with (root / "en.jsonl").open("a") as f:
+        f.write(json.dumps({"text": en[0].replace("the", "a")}) + "\n")
+    run_recipe(path, tmp_path / "runs", sample=False)
+    after = finished(run_dir)
+    assert after["data"] != before["data"] and after["cpt"] != before["cpt"] and after["expand"] == before["expand"]
+
+
+def test_packed_must_name_a_data_stage(llama3_pair, tmp_path):
+    recipe = {"name": "d", "base": str(llama3_pair[0]), "stages": [{"expand": {"blocks": 2}}, {"cpt": {"packed": "expand"}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(LlamakError, match="packed 'expand' must name a `data` stage"):
+        load_recipe(path)

@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-data_app = typer.Typer(help="Clean Korean/English corpora on datatrove (PII, profanity; quality, dedup, mix and pack to come).", no_args_is_help=True)
+data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality, PII, profanity, dedup), mix by token shares, pack for CPT.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -304,6 +304,41 @@ def data_clean(
     for line in rejected_inputs(out):
         typer.echo(f"rejected input: {line}")
     typer.echo(f"cleaned documents: {out}/documents/   excluded: {out}/excluded/   stats: {out}/stats.json")
+
+
+@data_app.command("mix", epilog="Example:\n\n    llamak data mix runs/clean/documents --model zoo:tiny-base --ratio ko=0.5,en=0.5 --out runs/mix")
+def data_mix(
+    inputs: Annotated[list[str], typer.Argument(help="Cleaned documents (files, globs or folders); `language` field from `data clean`, else detected.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer counts the tokens (directory or zoo:NAME).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: documents/, mix.json.", show_default=False)],
+    ratio: Annotated[str, typer.Option("--ratio", help="Token shares per language, e.g. ko=0.5,en=0.5 (normalised).")] = "ko=0.5,en=0.5",
+    tokens: Annotated[Optional[str], typer.Option("--tokens", help="At most this many tokens in all, e.g. 2B, 500M (default: as many as the scarcest language allows).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the per-document draw.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel tasks.")] = 1,
+) -> None:
+    """Sample a Korean/English mixture whose token shares match --ratio (documents are never repeated)."""
+    from llamak.data.mix import mix, parse_ratio
+    from llamak.units import parse_count
+
+    report = mix(inputs, model_path(model, "model"), out, parse_ratio(ratio), seed, parse_count(tokens, "--tokens") if tokens else None, workers, progress=lambda m: typer.echo(m, err=True))
+    for lang in report["tokens"]:
+        typer.echo(f"{lang}: {report['tokens'][lang]:,} of {report['available_tokens'][lang]:,} tokens, share {report['share'][lang]:.3f}")
+    typer.echo(f"{report['documents']} documents: {out}/documents/   report: {out}/mix.json")
+
+
+@data_app.command("pack", epilog="Example:\n\n    llamak data pack runs/mix/documents --model zoo:tiny-base --seq-len 256 --out runs/packed")
+def data_pack(
+    inputs: Annotated[list[str], typer.Argument(help="Documents to tokenize (files, globs or folders).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer to use (directory or zoo:NAME); CPT checks it matches.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: shards/*.parquet and pack.json (give it to CPT as `packed:`).", show_default=False)],
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per packed row (the CPT stage's seq_len).")] = 2048,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel tasks (one per input file at most).")] = 1,
+) -> None:
+    """Tokenize once, in parallel, and pack documents padding-free (TRL bfd_split) into Parquet shards."""
+    from llamak.data.pack import pack
+
+    info = pack(inputs, model_path(model, "model"), out, seq_len, workers, model_ref=model, progress=lambda m: typer.echo(m, err=True))
+    typer.echo(f"{info['rows']:,} rows of ≤{seq_len} tokens, {info['tokens']:,} tokens ({info['fill']:.1%} full): {out}/pack.json")
 
 
 def main() -> None:

@@ -7,14 +7,16 @@ name: tiny-ko
 base: zoo:tiny-base
 instruct: zoo:tiny-instruct
 stages:
+  - data: {inputs: [data/ko/*.jsonl, data/en/*.jsonl], mix: {ko: 0.5, en: 0.5}, seq_len: 2048}
   - expand: {blocks: 2}
-  - cpt: {trainable: inserted, corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}, mix: {ko: 0.5, en: 0.5}}
+  - cpt: {trainable: inserted, packed: data}
   - chat_vector: {ratio: 1.0}
   - sft: {dataset: [data/sft/*.jsonl]}
 ```
 
-Each stage writes `<out>/<name>/<stage>/`, a Hugging Face model directory. A stage reads the previous
-stage's output unless its `model:` names another (an earlier stage, `base`, `instruct`, `zoo:NAME` or
+Each stage writes `<out>/<name>/<stage>/`: a Hugging Face model directory, except `data`, which
+writes clean/, mix/ and packed/ corpora (CPT names it in `packed:`). A stage reads the previous
+model stage's output unless its `model:` names another (an earlier stage, `base`, `instruct`, `zoo:NAME` or
 a path); repeat a stage type with `name:` (e.g. `- dpo: {name: dpo2, …}`). The manifest
 (`manifest.json`) records each finished stage with a hash of its config, its inputs and its data
 files: a rerun skips finished stages, a changed stage reruns with everything downstream (their
@@ -68,6 +70,30 @@ class ChatVectorStage(StageFields):
     shard_size: str = "5GB"
 
 
+class DataStage(StageFields):
+    """clean → mix → pack; `model` is whose tokenizer packs (default: the recipe's base)."""
+
+    inputs: list[str] = Field(min_length=1)
+    lang: Literal["ko", "en", "auto"] = "auto"
+    pii: Literal["mask", "drop", "off"] = "mask"
+    profanity: Literal["mask", "drop", "off"] = "mask"
+    quality: bool = True
+    dedup: bool = True
+    mix: dict[str, float] | None = None  # token shares; None: keep everything the cleaning kept
+    tokens: int | None = Field(None, gt=0)
+    seed: int = 0
+    seq_len: int = Field(2048, ge=8)
+    workers: int = Field(1, ge=1)
+
+    def data_files(self) -> list[Path]:
+        from llamak.data.clean import input_files
+
+        try:
+            return input_files(self.inputs)
+        except LlamakError as e:
+            raise LlamakError(f"data.inputs: {e}") from None
+
+
 def _cpt_stage():
     from llamak.train.cpt import CptConfig
 
@@ -85,6 +111,7 @@ class StageType:
     config: Callable[[], type[BaseModel]]  # lazily built: training configs import pydantic models only
     run: Callable[..., dict]
     trains: bool = False
+    makes_model: bool = True  # the next stage's default input
 
 
 def _run_expand(cfg: ExpandStage, model: Path, out: Path, ctx: RunContext) -> dict:
@@ -107,6 +134,50 @@ def _run_chat_vector(cfg: ChatVectorStage, model: Path, out: Path, ctx: RunConte
     return {"added": result.added, "copied": result.copied, "notes": result.notes}
 
 
+def _run_data(cfg: DataStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    """Resumable: datatrove's completion markers let a rerun skip finished tasks; a changed config
+    starts over (the folder records the config it was made with)."""
+    import shutil
+
+    from llamak.data.clean import CleanOptions, ExecutorOptions, clean
+    from llamak.data.mix import mix
+    from llamak.data.pack import pack
+
+    settings = cfg.model_dump(mode="json", exclude={"name"})
+    record = out / "data-stage.json"
+    if out.exists() and (not record.is_file() or json.loads(record.read_text()) != settings):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2) + "\n")
+    options = CleanOptions(lang=cfg.lang, pii=cfg.pii, profanity=cfg.profanity, quality=cfg.quality, dedup=cfg.dedup)
+    progress = lambda message: log.info("  data: %s", message)  # noqa: E731
+    summary = clean(cfg.inputs, out / "clean", options, ExecutorOptions(workers=cfg.workers), progress=progress)
+    documents = out / "clean" / "documents"
+    metrics: dict = {"clean": summary_counts(summary)}
+    if cfg.mix:
+        metrics["mix"] = mix([str(documents)], model, out / "mix", cfg.mix, cfg.seed, cfg.tokens, cfg.workers, progress=progress)
+        documents = out / "mix" / "documents"
+    metrics["pack"] = pack([str(documents)], model, out / "packed", cfg.seq_len, cfg.workers, progress=progress)
+    return metrics
+
+
+def summary_counts(summary: dict) -> dict:
+    """The clean run's headline numbers for the manifest: documents read, kept, and why others went."""
+    from llamak.data.clean import step_stats
+
+    first = summary.get("filter", {})
+    read = step_stats(summary, "filter", "corpus").get("documents", 0)
+    last_stage = list(summary)[-1] if summary else "filter"
+    kept = next((c.get("forwarded", 0) for name, c in reversed(list(summary.get(last_stage, {}).items())) if "forwarded" in c), 0)
+    dropped = {k.removeprefix("dropped_"): v for step in first.values() for k, v in step.items() if k.startswith("dropped_")}
+    for stage in ("exact-3", "minhash-4"):
+        for c in summary.get(stage, {}).values():
+            if c.get("dropped"):
+                dropped[stage.split("-")[0] + "_duplicate"] = c["dropped"]
+    masked = {k: v for step in first.values() for k, v in step.items() if k.startswith(("pii_", "profanity_"))}
+    return {"read": read, "kept": kept, "dropped": dropped, "masked": masked}
+
+
 def _run_cpt(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
     from llamak.train.cpt import run_cpt
 
@@ -120,6 +191,7 @@ def _run_sft(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
 
 
 STAGES: dict[str, StageType] = {
+    "data": StageType(lambda: DataStage, _run_data, makes_model=False),
     "expand": StageType(lambda: ExpandStage, _run_expand),
     "chat_vector": StageType(lambda: ChatVectorStage, _run_chat_vector),
     "cpt": StageType(_cpt_stage, _run_cpt, trains=True),
@@ -190,10 +262,13 @@ def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
         stages.append(Stage(kind, name, config))
     names = [s.name for s in stages]
     for i, stage in enumerate(stages, 1):
-        for field in ("model", "base", "instruct"):
+        for field in ("model", "base", "instruct", "packed"):
             ref = getattr(stage.config, field, None)
             if ref in names and names.index(ref) >= i - 1:
                 raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} names a stage that has not run yet")
+            if ref in names and (field == "packed") == STAGES[stages[names.index(ref)].type].makes_model:
+                what = "a `data` stage" if field == "packed" else "a stage that makes a model"
+                raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} must name {what}")
     return recipe, stages
 
 
@@ -231,6 +306,20 @@ class RunContext:
                 raise LlamakError(f"{what}: the recipe has no `instruct` model")
             return resolve_model(self.recipe.instruct, role="recipe instruct")
         return resolve_model(ref, role=what)
+
+
+def data_ref(stage: Stage, names: list[str]) -> str | None:
+    """The `data` stage a CPT stage trains on (`packed: NAME`), if it names one."""
+    ref = getattr(stage.config, "packed", None)
+    return ref if ref in names else None
+
+
+def with_stage_paths(stage: Stage, run_dir: Path, names: list[str]) -> Stage:
+    """`packed: data` (a stage name) → that stage's packed/ folder."""
+    ref = data_ref(stage, names)
+    if ref is None:
+        return stage
+    return Stage(stage.type, stage.name, stage.config.model_copy(update={"packed": str(run_dir / ref / "packed")}))
 
 
 def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
@@ -291,7 +380,8 @@ def preflight(ctx: RunContext, stages: list[Stage], recipe_path: Path) -> None:
     from llamak.zoo import ZOO_PREFIX, looks_like_hub_id
 
     for i, stage in enumerate(stages, 1):
-        getattr(stage.config, "data_files", lambda: [])()
+        if data_ref(stage, ctx.stage_names) is None:
+            getattr(stage.config, "data_files", lambda: [])()
         if stage.type == "chat_vector" and (stage.config.instruct or "instruct") == "instruct" and not ctx.recipe.instruct:
             raise LlamakError(f"{recipe_path}: stage {i} (chat_vector) needs the recipe's `instruct` model, or its own `instruct:`")
         for field in ("model", "base", "instruct"):
@@ -334,8 +424,12 @@ def run_recipe(
     previous = "base"
     for stage in stages:
         input_ref = stage.config.model or previous
-        previous = stage.name
+        if STAGES[stage.type].makes_model:
+            previous = stage.name
         extra = [stage.config.base or "base", stage.config.instruct or "instruct"] if stage.type == "chat_vector" else []
+        if data_ref(stage, names):
+            extra.append(data_ref(stage, names))
+            stage = with_stage_paths(stage, run_dir, names)
         inputs = [keys.get(ref) or external_key(ctx, ref) for ref in [input_ref, *extra]]
         h = stage_hash(stage, inputs[0], inputs[1:])
         out_dir = run_dir / stage.name
@@ -375,8 +469,9 @@ def run_recipe(
     if procs.is_main:
         write_manifest(run_dir, manifest)
         write_report_quietly(run_dir)
-        if sample and recipe.sample and only is None:
-            print_samples(run_dir / names[-1], recipe.sample)
+        models = [s.name for s in stages if STAGES[s.type].makes_model]
+        if sample and recipe.sample and only is None and models:
+            print_samples(run_dir / models[-1], recipe.sample)
     return manifest
 
 

@@ -19,3 +19,14 @@ def parse_size(text: str, flag: str = "--shard-size") -> int:
     if not m or unit not in _UNITS or float(m.group(1)) <= 0:
         raise LlamakError(f"{flag} {text!r}: expected a size such as 5GB, 500MB or a number of bytes")
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT]?)\s*$", re.IGNORECASE)
+
+
+def parse_count(text: str, flag: str) -> int:
+    """'2B' → 2_000_000_000, '500M', '10k' or a plain number (token counts)."""
+    m = _COUNT.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise LlamakError(f"{flag} {text!r}: expected a count such as 2B, 500M, 10K or a number")
+    return int(float(m.group(1)) * {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}[m.group(2).upper()])

@@ -48,8 +48,10 @@ class PackShards(TokenizerStep):
         import pyarrow as pa
         import pyarrow.parquet as pq
         from datasets import Dataset
+        from datasets.utils.logging import disable_progress_bar
         from trl.data_utils import pack_dataset
 
+        disable_progress_bar()  # one bar per shard from each worker is noise
         packed = pack_dataset(Dataset.from_dict({"input_ids": sequences}), self.seq_len, strategy="bfd_split")
         table = pa.table({"input_ids": packed["input_ids"], "seq_lengths": packed["seq_lengths"]})
         Path(self.out).mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,28 @@ def stage_table(order: list[str], stages: dict) -> str:
     return "<table><tr><th>stage</th><th>type</th><th>seconds</th><th>trainable</th><th>train loss</th><th>finished</th></tr>" + "".join(rows) + "</table>"
 
 
+def data_table(stages: dict) -> str:
+    """What each `data` stage read, kept, dropped and masked, the mixture it made and its packing."""
+    rows = []
+    for name, s in stages.items():
+        m = s.get("metrics", {})
+        if s.get("type") != "data" or "clean" not in m:
+            continue
+        c = m["clean"]
+        dropped = ", ".join(f"{k} {v}" for k, v in c.get("dropped", {}).items()) or "none"
+        masked = ", ".join(f"{k} {v}" for k, v in c.get("masked", {}).items()) or "none"
+        mix = ", ".join(f"{lang} {share:.3f}" for lang, share in m.get("mix", {}).get("share", {}).items()) or "as found"
+        pack = m.get("pack", {})
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{c['read']}</td><td>{c['kept']}</td><td>{html.escape(dropped)}</td><td>{html.escape(masked)}</td>"
+            f"<td>{html.escape(mix)}</td><td>{pack.get('rows', '')} × {pack.get('seq_len', '')} ({pack.get('fill', 0):.1%} full)</td></tr>"
+        )
+    if not rows:
+        return ""
+    head = "<tr><th>stage</th><th>read</th><th>kept</th><th>dropped</th><th>masked</th><th>token shares</th><th>packed rows</th></tr>"
+    return "<h2>Data</h2><table>" + head + "".join(rows) + "</table>"
+
+
 def write_report(run_dir: Path) -> Path:
     import matplotlib
 
@@ -112,6 +134,7 @@ def write_report(run_dir: Path) -> Path:
     sections = [f"<h1>llamak run: {html.escape(manifest.get('name', run_dir.name))}</h1>",
                 f"<p>recipe: <code>{html.escape(manifest.get('recipe', '?'))}</code></p>",
                 "<h2>Stages</h2>", stage_table(order, stages),
+                data_table(stages),
                 "<h2>Lineage</h2>", lineage_svg(order, stages)]
     plots = [
         ("Training loss", loss_plot(stages)),
