@@ -73,3 +73,8 @@ def test_check_digit_is_informative_only():
 
 def test_luhn():
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+
+
+def test_placeholder_card_numbers_are_not_cards():
+    assert mask_pii("카드 0000-0000-0000-0000 입력 예시")[1] == {}
+    assert mask_pii("카드 4111-1111-1111-1111 결제")[1] == {"CARD": 1}

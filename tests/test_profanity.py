@@ -8,7 +8,9 @@ import pytest
 
 from llamak.data.profanity import ProfanityFilter
 
-LABELLED = Path(__file__).parent / "data" / "profanity_labelled.jsonl"
+DATA = Path(__file__).parent / "data"
+LABELLED = DATA / "profanity_labelled.jsonl"
+DEV2 = DATA / "profanity_dev2.jsonl"  # a second development set: inflections, obfuscations, slurs, threats
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +18,9 @@ def profanity():
     return ProfanityFilter()
 
 
-def test_labelled_set_recall_and_false_positive_rate(profanity):
-    items = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert len(items) >= 200
+def _assert_recall_and_false_positive_rate(profanity, path, min_items):
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert len(items) >= min_items
     offensive = [i for i in items if i["offensive"]]
     clean = [i for i in items if not i["offensive"]]
     missed = [i["text"] for i in offensive if not profanity.is_offensive(i["text"])]
@@ -27,11 +29,19 @@ def test_labelled_set_recall_and_false_positive_rate(profanity):
     fpr = len(flagged) / len(clean)
     by_category = Counter(i["category"] for i in offensive)
     caught = Counter(i["category"] for i in offensive if i["text"] not in missed)
-    print(f"\noffensive {len(offensive)}: recall {recall:.3f}   clean {len(clean)}: false-positive rate {fpr:.3f}")
+    print(f"\n{path.name}: offensive {len(offensive)}: recall {recall:.3f}   clean {len(clean)}: false-positive rate {fpr:.3f}")
     print("  recall by category: " + ", ".join(f"{c} {caught[c]}/{n}" for c, n in sorted(by_category.items())))
     print("  missed: " + " | ".join(missed[:10]))
     print("  flagged clean: " + " | ".join(flagged[:10]))
     assert recall >= 0.95 and fpr <= 0.02
+
+
+def test_labelled_set_recall_and_false_positive_rate(profanity):
+    _assert_recall_and_false_positive_rate(profanity, LABELLED, min_items=200)
+
+
+def test_second_dev_set_recall_and_false_positive_rate(profanity):
+    _assert_recall_and_false_positive_rate(profanity, DEV2, min_items=250)
 
 
 @pytest.mark.parametrize(

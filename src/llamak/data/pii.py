@@ -127,7 +127,8 @@ def _registrations(text: str):
 
 def _cards(text: str):
     for m in CARD.finditer(text):
-        if luhn_ok(only_digits(m.group())):
+        digits = only_digits(m.group())
+        if luhn_ok(digits) and len(set(digits)) > 1:  # 0000-0000-0000-0000 passes Luhn but is a placeholder
             yield PiiMatch("CARD", m.start(), m.end(), m.group())
 
 
