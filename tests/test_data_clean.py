@@ -159,3 +159,28 @@ def test_mojibake_is_repaired():
     assert Normalize().format("Ã©tÃ© à Paris") == "été à Paris"
     assert Normalize().format("서울은 café") == "서울은 café"  # real accents stay
     assert broken != "안녕하세요"
+
+
+@pytest.mark.parametrize(
+    "executor, needle",
+    [(dict(kind="slurm"), "needs --partition"), (dict(kind="spark"), "expected one of local, slurm, ray"), (dict(kind="local", workers=0), "at least 1")],
+)
+def test_executor_choice_is_checked_before_any_work(corpus, tmp_path, executor, needle):
+    from llamak.data.clean import CleanOptions, ExecutorOptions
+
+    with pytest.raises(LlamakError, match=needle):
+        clean([str(corpus / "*.jsonl")], tmp_path / "out", CleanOptions(), ExecutorOptions(**executor))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_the_table_and_rejected_lines(web, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "llamak.cli", "data", "clean", str(web / "a.jsonl"), "--out", str(tmp_path / "out"), "--no-dedup"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "quality" in result.stdout and "rejected input:" in result.stdout and "a.jsonl:3  invalid_utf8" in result.stdout
+    assert "Launching pipeline" not in result.stderr  # datatrove's per-task chatter stays in OUT/logs

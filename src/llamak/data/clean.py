@@ -18,8 +18,10 @@ reason; the per-step counters are summarised in `OUT/stats.json` and printed as 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +63,10 @@ class ExecutorOptions:
             raise LlamakError(f"--executor {self.kind!r}: expected one of {', '.join(EXECUTORS)}")
         if self.kind == "slurm" and not self.partition:
             raise LlamakError("--executor slurm needs --partition (the Slurm partition to submit to)")
+        if self.kind == "slurm" and not shutil.which("sbatch"):
+            raise LlamakError("--executor slurm: no `sbatch` on PATH (run this on a Slurm login node)")
+        if self.kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise LlamakError("--executor ray needs Ray: pip install ray (and RAY_ADDRESS for an existing cluster)")
         if self.workers < 1:
             raise LlamakError(f"--workers {self.workers}: expected at least 1")
 
