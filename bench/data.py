@@ -63,14 +63,12 @@ def make_corpus(folder: Path, megabytes: float, seed: int = 0) -> int:
 
 
 def plain(folder: Path, out: Path, workers: int) -> None:
-    from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from llamak.data.clean import quiet_console
+    from llamak.data.clean import QuietLocalExecutor  # datatrove's Local executor, as llamak runs it
 
-    quiet_console()
-    LocalPipelineExecutor([JsonlReader(str(folder)), JsonlWriter(str(out / "documents"))], tasks=4, workers=workers, logging_dir=str(out / "logs")).run()
+    QuietLocalExecutor([JsonlReader(str(folder)), JsonlWriter(str(out / "documents"))], tasks=4, workers=workers, logging_dir=str(out / "logs")).run()
 
 
 def main() -> None:

@@ -129,6 +129,14 @@ class Stages:
     def excluded(self, step: str):
         return self.writer(self.out / "excluded" / step)
 
+    def corpus_reader(self, files: list[Path]):
+        """The first step: reads the input files (listed in OUT/inputs.txt), setting bad rows aside."""
+        from llamak.data.readers import CorpusReader
+
+        paths_file = self.out / "inputs.txt"
+        paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
+        return CorpusReader("/", paths_file=str(paths_file), rejected_writer=self.excluded("input"), text_key=self.options.text_key)
+
     def reader(self, folder: Path):
         return StageReader(str(folder), glob_pattern="*.jsonl", text_key=self.options.text_key, add_file_path=False)
 
@@ -151,17 +159,14 @@ class Stages:
         self.names.append(name)
 
     def build(self, files: list[Path]) -> None:
-        from llamak.data.readers import CorpusReader
         from llamak.data.steps import LanguageRouter, MaskPII, MaskProfanity, Normalize, QualityFilter
 
         o, out = self.options, self.out
-        paths_file = out / "inputs.txt"
-        paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
         final = out / "documents"
         compression = "gzip" if o.gzip else None
         filtered = out / "work" / "filtered" if o.dedup else final
 
-        steps = [CorpusReader("/", paths_file=str(paths_file), rejected_writer=self.excluded("input"), text_key=o.text_key), Normalize()]
+        steps = [self.corpus_reader(files), Normalize()]
         steps.append(LanguageRouter(o.lang, self.excluded("language")))
         if o.quality:
             steps.append(QualityFilter(self.excluded("quality")))

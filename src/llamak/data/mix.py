@@ -149,15 +149,12 @@ class SampleByLanguage(BaseFilter):
 def mix(inputs: list[str], tokenizer_dir: Path, out: Path, ratio: dict[str, float], seed: int = 0, max_tokens: int | None = None, workers: int = 1, progress=None) -> dict:
     """Run both stages; writes OUT/documents/ and OUT/mix.json (tokens and shares achieved)."""
     from llamak.data.clean import ExecutorOptions, Stages, input_files, step_stats, summarise
-    from llamak.data.readers import CorpusReader
 
     files = input_files(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, None, ExecutorOptions(workers=workers))
-    paths_file = out / "inputs.txt"
-    paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
-    stages.add("count", [CorpusReader("/", paths_file=str(paths_file), rejected_writer=stages.excluded("input")), CountTokens(str(tokenizer_dir), str(out / "work" / "draws"), seed), stages.writer(out / "work" / "counted")], len(files))
+    stages.add("count", [stages.corpus_reader(files), CountTokens(str(tokenizer_dir), str(out / "work" / "draws"), seed), stages.writer(out / "work" / "counted")], len(files))
     stages.run(progress)
     draws = read_draws(out / "work" / "draws")
     chosen = choose_by_draw(draws, ratio, max_tokens)

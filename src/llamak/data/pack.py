@@ -82,7 +82,6 @@ def pack(inputs: list[str], model_dir: Path, out: Path, seq_len: int, workers: i
     import pyarrow.parquet as pq
 
     from llamak.data.clean import ExecutorOptions, Stages, input_files
-    from llamak.data.readers import CorpusReader
 
     if seq_len < 8:
         raise LlamakError(f"--seq-len {seq_len}: expected at least 8 tokens")
@@ -90,10 +89,7 @@ def pack(inputs: list[str], model_dir: Path, out: Path, seq_len: int, workers: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, None, ExecutorOptions(workers=workers))
-    paths_file = out / "inputs.txt"
-    paths_file.write_text("".join(str(f).lstrip("/") + "\n" for f in files))
-    reader = CorpusReader("/", paths_file=str(paths_file), rejected_writer=stages.excluded("input"))
-    stages.add("pack", [reader, PackShards(str(model_dir), str(out / "shards"), seq_len)], len(files))
+    stages.add("pack", [stages.corpus_reader(files), PackShards(str(model_dir), str(out / "shards"), seq_len)], len(files))
     stages.run(progress)
     shards = sorted((out / "shards").glob("*.parquet"))
     if not shards:
