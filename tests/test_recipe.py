@@ -235,3 +235,11 @@ def test_packed_must_name_a_data_stage(llama3_pair, tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(LlamakError, match="packed 'expand' must name a `data` stage"):
         load_recipe(path)
+
+
+def test_data_stage_shares_are_checked_like_cpt(llama3_pair, tmp_path):
+    recipe = {"name": "d", "base": str(llama3_pair[0]), "stages": [{"data": {"inputs": ["x.jsonl"], "mix": {"ko": 0.7, "en": 0.7}}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(LlamakError, match="field 'mix'.*sum to 1"):
+        load_recipe(path)

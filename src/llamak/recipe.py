@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llamak.errors import LlamakError
 from llamak.lineage import content_hash, file_fingerprint
@@ -85,13 +85,17 @@ class DataStage(StageFields):
     seq_len: int = Field(2048, ge=8)
     workers: int = Field(1, ge=1)
 
+    @field_validator("mix")
+    @classmethod
+    def _shares(cls, mix):
+        from llamak.train.cpt import check_shares
+
+        return check_shares(mix)
+
     def data_files(self) -> list[Path]:
         from llamak.data.clean import input_files
 
-        try:
-            return input_files(self.inputs)
-        except LlamakError as e:
-            raise LlamakError(f"data.inputs: {e}") from None
+        return input_files(self.inputs, "data.inputs")
 
 
 def _cpt_stage():

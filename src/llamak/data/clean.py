@@ -17,7 +17,6 @@ reason; the per-step counters are summarised in `OUT/stats.json` and printed as 
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import os
@@ -71,14 +70,18 @@ class ExecutorOptions:
             raise LlamakError(f"--workers {self.workers}: expected at least 1")
 
 
-def input_files(patterns: list[str]) -> list[Path]:
+def input_files(patterns: list[str], what: str = "inputs") -> list[Path]:
+    """Input files of globs, files or folders (searched for corpus files), each resolved once."""
+    from llamak.train.common import expand_globs
+
     files: list[Path] = []
     for pattern in patterns:
-        matched = sorted(Path(p).resolve() for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not matched and Path(pattern).is_dir():
+        if Path(pattern).is_dir():
             matched = sorted(p.resolve() for p in Path(pattern).rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
-        if not matched:
-            raise LlamakError(f"{pattern}: matches no file")
+            if not matched:
+                raise LlamakError(f"{what}: {pattern!r} holds no {', '.join(SUFFIXES)} file")
+        else:
+            matched = [p.resolve() for p in expand_globs([pattern], what)]
         bad = [p for p in matched if not p.name.endswith(SUFFIXES)]
         if bad:
             raise LlamakError(f"{bad[0]}: unsupported input (expected {', '.join(SUFFIXES)})")
@@ -142,14 +145,15 @@ class Stages:
 
     def add(self, name: str, pipeline: list, tasks: int) -> None:
         kind = self.executor.kind
-        common = dict(pipeline=pipeline, tasks=tasks, logging_dir=str(self.out / "logs" / name), depends=self.runs[-1] if self.runs else None)
+        common = dict(pipeline=pipeline, tasks=tasks, logging_dir=str(self.out / "logs" / name))
         if kind == "local":
             run = QuietLocalExecutor(workers=min(self.executor.workers, tasks), **common)
         elif kind == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
-            run = SlurmPipelineExecutor(
-                partition=self.executor.partition, time=self.executor.time, job_name=f"llamak-{name}", sbatch_args=self.executor.slurm_args or None, **common
+            run = SlurmPipelineExecutor(  # submitted at once, each job waiting for the one before
+                partition=self.executor.partition, time=self.executor.time, job_name=f"llamak-{name}", sbatch_args=self.executor.slurm_args or None,
+                depends=self.runs[-1] if self.runs else None, **common,
             )
         else:
             from datatrove.executor import RayPipelineExecutor
@@ -212,7 +216,6 @@ class Stages:
         for i, (name, run) in enumerate(zip(self.names, self.runs), start=1):
             if progress:
                 progress(f"stage {i}/{len(self.runs)}: {name} ({run.world_size} tasks)")
-            run.depends = None
             run.run()
 
 

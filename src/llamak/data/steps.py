@@ -97,11 +97,11 @@ class QualityFilter(BaseFilter):
         }
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        lang = doc.metadata.get("language") or detect_language(doc.text)
-        for rule in self.rules["ko" if lang == "ko" else "en"]:
+        rules = "ko" if (doc.metadata.get("language") or detect_language(doc.text)) == "ko" else "en"
+        for rule in self.rules[rules]:
             verdict = rule.filter(doc)
             if verdict is not True:
-                return False, f"{'ko' if lang == 'ko' else 'en'}_{verdict[1] if isinstance(verdict, tuple) else rule.name}"
+                return False, f"{rules}_{verdict[1] if isinstance(verdict, tuple) else rule.name}"
         return True
 
 

@@ -44,9 +44,7 @@ class CptConfig(TrainSettings):
     @field_validator("mix")
     @classmethod
     def _shares(cls, mix):
-        if mix is not None and (any(v <= 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6):
-            raise ValueError("shares must be positive and sum to 1")
-        return mix
+        return check_shares(mix)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -60,6 +58,13 @@ class CptConfig(TrainSettings):
         if self.packed is not None:
             return [Path(self.packed) / "pack.json", *packed_shards(Path(self.packed))]
         return [f for lang in sorted(self.corpus) for f in expand_globs(self.corpus[lang], f"corpus.{lang}")]
+
+
+def check_shares(mix: dict[str, float] | None) -> dict[str, float] | None:
+    """Token shares per language (`mix:` of a cpt or data stage): positive, summing to 1."""
+    if mix is not None and (any(v <= 0 for v in mix.values()) or abs(sum(mix.values()) - 1) > 1e-6):
+        raise ValueError("shares must be positive and sum to 1")
+    return mix
 
 
 def packed_shards(folder: Path) -> list[Path]:
