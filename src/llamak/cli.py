@@ -185,6 +185,43 @@ def chat_vector(
     typer.echo(f"chat vector ×{ratio} added to {result.added} tensors, {result.copied} copied unchanged: {out}")
 
 
+MERGE_EPILOG = """Example config (mergekit's YAML; bring your mergekit configs as they are):
+
+    merge_method: slerp          # linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, model_stock, passthrough
+    base_model: runs/tiny-ko/sft
+    models:
+      - model: runs/tiny-ko/sft
+      - model: runs/tiny-ko/chat_vector
+    parameters:
+      t: [{filter: self_attn, value: [0, 0.5, 1]}, {value: 0.5}]   # per-tensor filter, gradient over layers
+    dtype: float32
+
+    llamak merge merge.yaml --out runs/merged --seed 0
+
+Models may be directories or zoo:NAME. Models expanded with LLaMA-Pro blocks merge when they share
+one layer map; otherwise give explicit `slices:` that pair layers.
+"""
+
+
+@app.command(epilog=MERGE_EPILOG)
+def merge(
+    config: Annotated[Path, typer.Argument(help="Merge config YAML (mergekit format).", show_default=False)],
+    out: OutOpt,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for DARE's random pruning (same seed → identical output).")] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Tensors computed in parallel (memory ≈ workers × (inputs + 1) × largest tensor).")] = 2,
+    shard_size: ShardOpt = "5GB",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Merge models (TIES, DARE, SLERP, Model Stock, task arithmetic, linear, passthrough), streamed per tensor."""
+    from llamak.surgery.merge import merge as run_merge
+
+    if workers < 1:
+        raise LlamakError(f"--workers {workers}: expected at least 1")
+    result = run_merge(config, out, seed=seed, max_shard_bytes=parse_size(shard_size), workers=workers, overwrite=overwrite, progress=not quiet)
+    typer.echo(f"{result.method}: {result.num_layers} layers, {result.computed} tensors merged, {result.copied} copied: {out}")
+
+
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")
 def inspect(model: ModelArg) -> None:
     """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""
