@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llamak.errors import LlamakError
 from llamak.lineage import content_hash, file_fingerprint
@@ -68,6 +68,49 @@ class ChatVectorStage(StageFields):
     base: str | None = None  # default: the recipe's base
     instruct: str | None = None  # default: the recipe's instruct
     shard_size: str = "5GB"
+
+
+class MergeStage(StageFields):
+    """A mergekit-style merge whose models may be earlier stages: `{method: slerp, models: [sft, chat_vector], t: 0.5}`.
+
+    Takes mergekit's keys (`merge_method`, `base_model`, `models`, `slices`, `parameters`, `dtype`, …),
+    `method:` for `merge_method`, plain names in `models`, and method parameters at the top level (e.g.
+    `t`). SLERP without `base_model` interpolates from the first model (t=0) to the second (t=1).
+    """
+
+    model_config = ConfigDict(extra="allow")  # method parameters (t, weight, …) are checked by the merge config
+    method: str | None = None
+    merge_method: str | None = None
+    seed: int = 0
+    shard_size: str = "5GB"
+
+    def merge_config(self):
+        from llamak.surgery.merge_config import check_config
+
+        data = dict(self.model_extra or {})
+        method = self.merge_method or self.method
+        data["merge_method"] = method
+        data["models"] = [{"model": m} if isinstance(m, str) else m for m in data.get("models") or []] or None
+        from llamak.surgery.merge_methods import METHODS
+
+        known = METHODS.get(method)
+        for key in [k for k in data if known and known.param(k)]:
+            data.setdefault("parameters", {})
+            data["parameters"] = {**(data["parameters"] or {}), key: data.pop(key)}
+        if method == "slerp" and not data.get("base_model") and data["models"]:
+            data["base_model"] = data["models"][0]["model"]
+        return check_config({k: v for k, v in data.items() if v is not None})
+
+    def model_refs(self) -> list[str]:
+        return self.merge_config().model_refs()
+
+    @model_validator(mode="after")
+    def _check(self):
+        try:
+            self.merge_config()
+        except LlamakError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class DataStage(StageFields):
@@ -116,6 +159,7 @@ class StageType:
     run: Callable[..., dict]
     trains: bool = False
     makes_model: bool = True  # the next stage's default input
+    refs: Callable[[BaseModel], list[tuple[str, str]]] = lambda config: []  # (field, model) it reads besides its input
 
 
 def _run_expand(cfg: ExpandStage, model: Path, out: Path, ctx: RunContext) -> dict:
@@ -136,6 +180,15 @@ def _run_chat_vector(cfg: ChatVectorStage, model: Path, out: Path, ctx: RunConte
         base, instruct, model, out, cfg.ratio, cfg.inserted, cfg.skip_embeddings, parse_size(cfg.shard_size, "shard_size"), overwrite=True
     )
     return {"added": result.added, "copied": result.copied, "notes": result.notes}
+
+
+def _run_merge(cfg: MergeStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.surgery.merge import merge
+    from llamak.units import parse_size
+
+    resolve_ref = lambda ref: ctx.resolve(ref, f"merge model {ref}")  # noqa: E731
+    result = merge(cfg.merge_config(), out, cfg.seed, resolve_ref, parse_size(cfg.shard_size, "shard_size"), overwrite=True)
+    return {"method": result.method, "layers": result.num_layers, "merged": result.computed, "copied": result.copied, "notes": result.notes}
 
 
 def _run_data(cfg: DataStage, model: Path, out: Path, ctx: RunContext) -> dict:
@@ -197,7 +250,10 @@ def _run_sft(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
 STAGES: dict[str, StageType] = {
     "data": StageType(lambda: DataStage, _run_data, makes_model=False),
     "expand": StageType(lambda: ExpandStage, _run_expand),
-    "chat_vector": StageType(lambda: ChatVectorStage, _run_chat_vector),
+    "chat_vector": StageType(
+        lambda: ChatVectorStage, _run_chat_vector, refs=lambda c: [("base", c.base or "base"), ("instruct", c.instruct or "instruct")]
+    ),
+    "merge": StageType(lambda: MergeStage, _run_merge, refs=lambda c: [("models", r) for r in c.model_refs()]),
     "cpt": StageType(_cpt_stage, _run_cpt, trains=True),
     "sft": StageType(_sft_stage, _run_sft, trains=True),
 }
@@ -246,6 +302,8 @@ def validate(model: type[BaseModel], data: dict, where: str) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
+        if not err["loc"]:  # a whole-model check (e.g. a merge config): its message names the field
+            raise LlamakError(f"{where}{err['msg'].removeprefix('Value error, ')}") from None
         raise LlamakError(f"{where}field {_field_path(err['loc'])!r}: {err['msg']}") from None
 
 
@@ -266,8 +324,8 @@ def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
         stages.append(Stage(kind, name, config))
     names = [s.name for s in stages]
     for i, stage in enumerate(stages, 1):
-        for field in ("model", "base", "instruct", "packed"):
-            ref = getattr(stage.config, field, None)
+        fields = [(f, getattr(stage.config, f, None)) for f in ("model", "packed")]
+        for field, ref in fields + STAGES[stage.type].refs(stage.config):
             if ref in names and names.index(ref) >= i - 1:
                 raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} names a stage that has not run yet")
             if ref in names and (field == "packed") == STAGES[stages[names.index(ref)].type].makes_model:
@@ -386,10 +444,9 @@ def preflight(ctx: RunContext, stages: list[Stage], recipe_path: Path) -> None:
     for i, stage in enumerate(stages, 1):
         if data_ref(stage, ctx.stage_names) is None:
             getattr(stage.config, "data_files", lambda: [])()
-        if stage.type == "chat_vector" and (stage.config.instruct or "instruct") == "instruct" and not ctx.recipe.instruct:
-            raise LlamakError(f"{recipe_path}: stage {i} (chat_vector) needs the recipe's `instruct` model, or its own `instruct:`")
-        for field in ("model", "base", "instruct"):
-            ref = getattr(stage.config, field, None)
+        for field, ref in [("model", stage.config.model), *STAGES[stage.type].refs(stage.config)]:
+            if ref == "instruct" and not ctx.recipe.instruct:
+                raise LlamakError(f"{recipe_path}: stage {i} ({stage.type}) needs the recipe's `instruct` model, or its own `{field}:`")
             if ref and ref not in ctx.stage_names and ref not in ("base", "instruct") and not ref.startswith(ZOO_PREFIX):
                 if not Path(ref).is_dir() and not looks_like_hub_id(ref):
                     raise LlamakError(f"{recipe_path}: stage {i} ({stage.type}): {field} {ref!r}: no such directory")
@@ -430,7 +487,7 @@ def run_recipe(
         input_ref = stage.config.model or previous
         if STAGES[stage.type].makes_model:
             previous = stage.name
-        extra = [stage.config.base or "base", stage.config.instruct or "instruct"] if stage.type == "chat_vector" else []
+        extra = [ref for _, ref in STAGES[stage.type].refs(stage.config)]
         if data_ref(stage, names):
             extra.append(data_ref(stage, names))
             stage = with_stage_paths(stage, run_dir, names)

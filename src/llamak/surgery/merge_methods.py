@@ -18,6 +18,7 @@ gives the same weights here:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -92,8 +93,12 @@ def sparsify(
 
 
 def tensor_generator(seed: int, index: int) -> torch.Generator:
-    """The random stream for one (tensor, input) pair: independent of thread order, so seeded merges repeat."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63)
+    """The random stream for one (tensor, input) pair: independent of thread order, so seeded merges repeat.
+
+    Mixed through a hash because torch's CPU generator keeps only the low 32 bits of a seed.
+    """
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 # --------------------------------------------------------------------------- methods
