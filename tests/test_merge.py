@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from llamak.errors import LlamakError
 from llamak.surgery.merge import merge
 from llamak.surgery.merge_config import check_config
-from llamak.surgery.merge_methods import sparsify, task_arithmetic
+from llamak.surgery import merge_methods
+from llamak.surgery.merge_methods import Pruning, kth_largest, task_arithmetic
 
 
 def fine_tune(base, out, seed, shared_seed=99, scale=0.02):
@@ -162,8 +163,11 @@ dtype: float32
 }
 
 
+@pytest.mark.parametrize("chunk", [None, 100], ids=["one-block", "many-blocks"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_output_equals_mergekit_on_the_same_yaml(name, family, tmp_path):
+def test_output_equals_mergekit_on_the_same_yaml(name, chunk, family, tmp_path, monkeypatch):
+    if chunk:  # tiny tensors fit one block: force the multi-block path (whole-tensor stats over blocks)
+        monkeypatch.setattr(merge_methods, "CHUNK_ELEMENTS", chunk)
     config = write_config(tmp_path / "merge.yaml", CONFIGS[name], family)
     ours = merge(config, tmp_path / "llamak", progress=False)
     theirs = run_mergekit(config, tmp_path / "mergekit")
@@ -192,19 +196,36 @@ def test_passthrough_stack_loads_as_a_deeper_model(family, tmp_path):
     assert model(random_ids(length=7)).logits.isfinite().all()
 
 
+def prune(delta, density, rescale, how="random", chunks=1):
+    blocks = list(delta.chunk(chunks))
+    pruning = Pruning(how, density, rescale, seed=1, index=0, delta_blocks=lambda: iter(blocks))
+    return torch.cat([pruning(d, b) for b, d in enumerate(blocks)])
+
+
 def test_dare_keeps_density_share_and_restores_l1_norm():
     delta = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
     for density in (0.1, 0.5, 0.9):
-        pruned = sparsify(delta, density, "random", rescale=False, generator=torch.Generator().manual_seed(1))
+        pruned = prune(delta, density, rescale=False, chunks=7)
         kept = (pruned != 0).float().mean().item()
         assert abs(kept - density) < 0.01
         assert torch.equal(pruned[pruned != 0], delta[pruned != 0])  # survivors untouched without rescale
-        rescaled = sparsify(delta, density, "random", rescale=True, generator=torch.Generator().manual_seed(1))
+        rescaled = prune(delta, density, rescale=True, chunks=7)
         assert torch.allclose(rescaled.abs().sum(), delta.abs().sum(), rtol=1e-4)
         assert torch.equal(rescaled != 0, pruned != 0)  # same mask, scaled by one factor
         factor = (rescaled[pruned != 0] / pruned[pruned != 0]).unique()
         # one factor, ≈ 1/kept share (the paper's 1/density up to the sampled share)
         assert torch.allclose(factor, factor[0].expand_as(factor)) and abs(factor[0].item() * kept - 1) < 0.03
+
+
+def test_radix_select_finds_the_kth_largest_exactly():
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(50_000, generator=g).abs(), torch.zeros(5_000), torch.full((300,), 0.5)])
+    values = values[torch.randperm(len(values), generator=g)]
+    for k in (1, 7, 1000, 20_000, 50_100, 55_300):
+        expected = torch.sort(values, descending=True).values[k - 1]
+        assert kth_largest(lambda: iter(values.chunk(9)), k) == expected
+    magnitude = prune(values - 0.25, 0.3, rescale=False, how="magnitude", chunks=5)
+    assert (magnitude != 0).sum().item() == int(0.3 * len(values))
 
 
 def test_ties_trims_to_density_and_elects_signs():

@@ -134,11 +134,11 @@ def tensor_seed(seed: int, name: str) -> int:
     return seed * 2**32 + zlib.crc32(name.encode())
 
 
-def apply_method(*tensors: torch.Tensor, fn: Callable, cast: torch.dtype | None, out_dtype: torch.dtype, **params) -> torch.Tensor:
-    """Cast inputs as mergekit's `dtype` does, compute in float32 (float64 stays), write `out_dtype`."""
-    work = torch.float64 if any(t.dtype == torch.float64 for t in tensors) and cast is None else torch.float32
-    inputs = [(t.to(cast) if cast is not None else t).to(work) for t in tensors]
-    return fn(*inputs, **params).to(out_dtype)
+def apply_method(*tensors: torch.Tensor, fn: Callable, cast: torch.dtype | None, **params) -> torch.Tensor:
+    """mergekit's `dtype` casts the inputs before merging; the method then computes block by block in float32."""
+    if cast is not None:
+        tensors = tuple(t.to(cast) for t in tensors)
+    return fn(*tensors, **params)
 
 
 class Planner:
@@ -187,7 +187,8 @@ class Planner:
         params.update(method.fixed)
         if method.name in RANDOM_METHODS:
             params["seed"] = tensor_seed(self.seed, out_name)
-        fn = functools.partial(apply_method, fn=method.fn, cast=self.cast, out_dtype=out_dtype)
+        params["out_dtype"] = out_dtype
+        fn = functools.partial(apply_method, fn=method.fn, cast=self.cast)
         self.computed += 1
         return PlannedTensor(out_spec, Compute(fn, tuple((src.ref, name) for src, name in ordered), params))
 
