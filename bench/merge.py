@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -103,7 +104,8 @@ def main() -> None:
 
     bin_dir = Path(sys.executable).parent
     results: dict[tuple[str, str], tuple[float, int]] = {}
-    for method, template in CONFIGS.items():
+    for method in args.methods:
+        template = CONFIGS[method]
         config = root / f"{method}.yaml"
         config.write_text(template.format(**models))
         tools = {
@@ -125,7 +127,7 @@ def main() -> None:
     for (method, tool), (seconds, rss) in results.items():
         print(f"{method:<8}{tool:<10}{seconds:>9.1f}{rss / GB:>13.2f}")
     print()
-    for method in CONFIGS:
+    for method in args.methods:
         ours, theirs = results[(method, "llamak")], results[(method, "mergekit")]
         print(f"{method}: llamak/mergekit wall time {ours[0] / theirs[0]:.2f} (goal ≤ 0.5), "
               f"peak RSS {ours[1] / theirs[1]:.2f} (goal ≤ 1.0)")

@@ -187,7 +187,7 @@ def chat_vector(
 
 MERGE_EPILOG = """Example config (mergekit's YAML; bring your mergekit configs as they are):
 
-    merge_method: slerp          # linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, model_stock, passthrough
+    merge_method: slerp    # or linear, task_arithmetic, ties, dare_linear, dare_ties, model_stock, passthrough
     base_model: runs/tiny-ko/sft
     models:
       - model: runs/tiny-ko/sft

@@ -33,6 +33,7 @@ from llamak.surgery.plan import Compute, Copy, PlannedTensor, execute, layer_nam
 from llamak.surgery.tensors import DEFAULT_SHARD_BYTES, CheckpointReader, TensorSpec
 
 log = logging.getLogger("llamak")
+TRIM_EVERY = 2**30  # bytes merged between returns of freed memory to the OS (see plan.execute)
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 
@@ -259,7 +260,9 @@ def merge(
         plan = planner.plan(slices, template)
         result.computed, result.copied = planner.computed, planner.copied
         with atomic_output(Path(out), overwrite) as tmp:
-            execute(plan, readers, tmp, max_shard_bytes, workers=workers, desc=f"merge ({config.merge_method})", progress=progress)
+            execute(
+                plan, readers, tmp, max_shard_bytes, workers, f"merge ({config.merge_method})", progress, trim_every=TRIM_EVERY
+            )
             tokenizer_ref = {None: template, "base": template}.get(config.tokenizer_source, config.tokenizer_source)
             if tokenizer_ref not in models:
                 raise LlamakError(f"tokenizer_source {tokenizer_ref!r}: not one of the merged models")

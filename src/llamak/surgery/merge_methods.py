@@ -215,12 +215,10 @@ def task_arithmetic(
 def slerp(base: torch.Tensor, other: torch.Tensor, t: float, out_dtype=None, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
     """Spherical interpolation over the flattened tensor, applied to the unnormalised tensors."""
     blocks = row_blocks(base)
-    aa = bb = ab = 0.0
+    aa = bb = ab = 0.0  # block sums in float32 (BLAS dot), totals in Python floats (float64)
     for blk in blocks:
-        a, b = f32(base, blk), f32(other, blk)
-        aa += float((a * a).sum(dtype=torch.float64))
-        bb += float((b * b).sum(dtype=torch.float64))
-        ab += float((a * b).sum(dtype=torch.float64))
+        a, b = f32(base, blk).reshape(-1), f32(other, blk).reshape(-1)
+        aa, bb, ab = aa + float(torch.dot(a, a)), bb + float(torch.dot(b, b)), ab + float(torch.dot(a, b))
     norm_a, norm_b = math.sqrt(aa), math.sqrt(bb)
     norm_a, norm_b = (norm_a if norm_a > eps else 1.0), (norm_b if norm_b > eps else 1.0)
     dot = min(1.0, max(-1.0, ab / (norm_a * norm_b)))
@@ -231,7 +229,7 @@ def slerp(base: torch.Tensor, other: torch.Tensor, t: float, out_dtype=None, dot
         coef_a, coef_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
     out = new_output(base, out_dtype)
     for blk in blocks:
-        rows(out)[blk] = coef_a * f32(base, blk) + coef_b * f32(other, blk)
+        rows(out)[blk] = torch.mul(f32(base, blk), coef_a).add_(f32(other, blk), alpha=coef_b)
     return out
 
 
