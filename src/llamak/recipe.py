@@ -519,6 +519,7 @@ def run_recipe(
             "hash": h,
             "input": input_ref,
             "input_path": str(model),
+            "reads": extra,  # other models it reads (chat vector's base/instruct, a merge's models)
             "seconds": round(time.time() - started, 2),
             "finished": finished,
             "metrics": metrics,

@@ -65,6 +65,8 @@ def lineage_svg(order: list[str], stages: dict) -> str:
             nodes.append(parent)
         nodes.append(name)
         edges.append((parent, name))
+        # other stages it reads (a merge's models): external models would only add clutter
+        edges += [(r, name) for r in dict.fromkeys(stages[name].get("reads", [])) if r in stages and r != parent]
     w, h, gap = 150, 34, 40
     x = {n: 10 + i * (w + gap) for i, n in enumerate(nodes)}
     parts = []
