@@ -309,6 +309,18 @@ def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", 
     _train("sft", config)
 
 
+@train_app.command("dpo", epilog=TRAIN_EPILOG.format(kind="dpo").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/dpo/*.jsonl]\n    beta: 0.1\n    loss_type: [sigmoid, sft]\n    loss_weights: [1.0, 0.2]").replace("trainable: inserted", "trainable: all"))
+def train_dpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+    """Direct Preference Optimization on prompt/chosen/rejected JSONL (sigmoid, ipo, DPO+NLL, …)."""
+    _train("dpo", config)
+
+
+@train_app.command("grpo", epilog=TRAIN_EPILOG.format(kind="grpo").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/grpo/*.jsonl]\n    rewards: {korean_only: 1.0, accuracy: 1.0, format: 0.5}\n    num_generations: 4").replace("trainable: inserted", "trainable: lora"))
+def train_grpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+    """GRPO with llamak's rewards (korean_only, format, accuracy, length, no_repetition, safety)."""
+    _train("grpo", config)
+
+
 @data_app.command("clean", epilog="Example:\n\n    llamak data clean 'data/ko/*.jsonl' 'data/en/*.jsonl' --out runs/clean --workers 2")
 def data_clean(
     inputs: Annotated[list[str], typer.Argument(help="Files, globs or folders: .jsonl, .jsonl.gz, .parquet (field `text`, optional `id`), .txt (one document each).", show_default=False)],

@@ -191,6 +191,34 @@ def _run_merge(cfg: MergeStage, model: Path, out: Path, ctx: RunContext) -> dict
     return {"method": result.method, "layers": result.num_layers, "merged": result.computed, "copied": result.copied, "notes": result.notes}
 
 
+def _dpo_stage():
+    from llamak.train.dpo import DpoConfig
+
+    return type("DpoStage", (StageFields, DpoConfig), {})
+
+
+def _grpo_stage():
+    from llamak.train.grpo import GrpoConfig
+
+    return type("GrpoStage", (StageFields, GrpoConfig), {})
+
+
+def _run_dpo(cfg, model: Path, out: Path, ctx: RunContext | None) -> dict:
+    from llamak.train.dpo import run_dpo
+    from llamak.zoo import resolve_model
+
+    reference = None
+    if cfg.reference:
+        reference = ctx.resolve(cfg.reference, "dpo.reference") if ctx else resolve_model(cfg.reference, role="reference")
+    return run_dpo(cfg, model, out, reference)
+
+
+def _run_grpo(cfg, model: Path, out: Path, ctx: RunContext | None) -> dict:
+    from llamak.train.grpo import run_grpo
+
+    return run_grpo(cfg, model, out)
+
+
 def _run_data(cfg: DataStage, model: Path, out: Path, ctx: RunContext) -> dict:
     """Resumable: datatrove's completion markers let a rerun skip finished tasks; a changed config
     starts over (the folder records the config it was made with)."""
@@ -256,6 +284,8 @@ STAGES: dict[str, StageType] = {
     "merge": StageType(lambda: MergeStage, _run_merge, refs=lambda c: [("models", r) for r in c.model_refs()]),
     "cpt": StageType(_cpt_stage, _run_cpt, trains=True),
     "sft": StageType(_sft_stage, _run_sft, trains=True),
+    "dpo": StageType(_dpo_stage, _run_dpo, trains=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
+    "grpo": StageType(_grpo_stage, _run_grpo, trains=True),
 }
 
 

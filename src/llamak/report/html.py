@@ -1,7 +1,8 @@
 """`report.html` of a run: one self-contained page (plots embedded as PNG, the lineage graph as SVG).
 
 Rebuilt from `manifest.json` after every stage: a table of stages, the loss curve of each training
-stage, the trainable-parameter share, stage durations and the lineage graph (which stage feeds which).
+stage, DPO margins and GRPO rewards/KL, the trainable-parameter share, stage durations and the
+lineage graph (which stage feeds which).
 """
 
 from __future__ import annotations
@@ -34,6 +35,42 @@ def loss_plot(stages: dict) -> str | None:
         ax.set_title(f"{name} loss")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _series(history: list[dict], key: str) -> tuple[list, list]:
+    points = [(h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def alignment_plot(stages: dict) -> str | None:
+    """DPO: implicit rewards of chosen/rejected and their margin; GRPO: each reward's mean, the
+    weighted total, and the KL to the reference (when beta > 0) — one row of panels per stage."""
+    import matplotlib.pyplot as plt
+
+    panels = []  # (title, [(label, steps, values)])
+    for name, s in stages.items():
+        history = s.get("metrics", {}).get("log_history") or []
+        if s.get("type") == "dpo":
+            keys = ["rewards/margins", "rewards/chosen", "rewards/rejected"]
+            panels.append((f"{name}: implicit rewards", [(k.split("/")[1], *_series(history, k)) for k in keys]))
+        elif s.get("type") == "grpo":
+            keys = sorted({k for h in history for k in h if k.startswith("rewards/") and k.endswith("/mean")}) + ["reward"]
+            panels.append((f"{name}: rewards", [(k.removeprefix("rewards/").removesuffix("/mean"), *_series(history, k)) for k in keys]))
+            if _series(history, "kl")[0]:
+                panels.append((f"{name}: KL to reference", [("kl", *_series(history, "kl"))]))
+    panels = [(t, [c for c in curves if c[1]]) for t, curves in panels]
+    panels = [(t, curves) for t, curves in panels if curves]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.2), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for label, steps, values in curves:
+            ax.plot(steps, values, marker=".", label=label, linewidth=2.2 if label in ("reward", "margins") else 1.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -140,6 +177,7 @@ def write_report(run_dir: Path) -> Path:
                 "<h2>Lineage</h2>", lineage_svg(order, stages)]
     plots = [
         ("Training loss", loss_plot(stages)),
+        ("Preference and RL signals", alignment_plot(stages)),
         ("Trainable parameters", bar_plot({n: 100 * s["metrics"]["trainable_share"] for n, s in stages.items() if "trainable_share" in s.get("metrics", {})}, "trainable share", "% of parameters")),
         ("Stage durations", bar_plot({n: s["seconds"] for n, s in stages.items()}, "duration", "seconds")),
     ]
