@@ -284,38 +284,34 @@ def _train(kind: str, config_path: Path) -> None:
     typer.echo(f"{kind}: {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f}: {out}")
 
 
-TRAIN_EPILOG = """The CONFIG file holds the stage's fields (as in a recipe) plus `model:` (input) and `out:`:
-
-    model: runs/tiny-ko/expand
-    out: runs/my-cpt
-    trainable: inserted
-    corpus: {{ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}}
-    mix: {{ko: 0.5, en: 0.5}}
-    max_steps: 100
-
-Multi-process: accelerate launch --multi_gpu --num_processes 2 -m llamak.cli train {kind} CONFIG
-"""
+def train_epilog(kind: str, model: str, fields: str) -> str:
+    """`llamak train KIND --help`'s example: the stage's fields plus `model:` and `out:`."""
+    lines = "\n".join(f"    {line}" for line in [f"model: {model}", f"out: runs/my-{kind}", *fields.splitlines()])
+    return (
+        "The CONFIG file holds the stage's fields (as in a recipe) plus `model:` (input) and `out:`:\n\n"
+        f"{lines}\n\nMulti-process: accelerate launch --multi_gpu --num_processes 2 -m llamak.cli train {kind} CONFIG\n"
+    )
 
 
-@train_app.command("cpt", epilog=TRAIN_EPILOG.format(kind="cpt"))
+@train_app.command("cpt", epilog=train_epilog("cpt", "runs/tiny-ko/expand", "trainable: inserted\ncorpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\nmix: {ko: 0.5, en: 0.5}\nmax_steps: 100"))
 def train_cpt(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
     """Continued pre-training (LLaMA-Pro: `trainable: inserted` trains only the inserted blocks)."""
     _train("cpt", config)
 
 
-@train_app.command("sft", epilog=TRAIN_EPILOG.format(kind="sft").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/sft/*.jsonl]").replace("trainable: inserted", "trainable: all"))
+@train_app.command("sft", epilog=train_epilog("sft", "runs/tiny-ko/chat_vector", "trainable: all\ndataset: [data/sft/*.jsonl]\nmax_steps: 100"))
 def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
     """Instruction tuning on chat JSONL (`messages`), loss on assistant turns only; full or LoRA."""
     _train("sft", config)
 
 
-@train_app.command("dpo", epilog=TRAIN_EPILOG.format(kind="dpo").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/dpo/*.jsonl]\n    beta: 0.1\n    loss_type: [sigmoid, sft]\n    loss_weights: [1.0, 0.2]").replace("trainable: inserted", "trainable: all"))
+@train_app.command("dpo", epilog=train_epilog("dpo", "runs/tiny-ko/sft", "dataset: [data/dpo/*.jsonl]\nbeta: 0.1\nloss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.2]\nmax_steps: 100"))
 def train_dpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
     """Direct Preference Optimization on prompt/chosen/rejected JSONL (sigmoid, ipo, DPO+NLL, …)."""
     _train("dpo", config)
 
 
-@train_app.command("grpo", epilog=TRAIN_EPILOG.format(kind="grpo").replace("corpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\n    mix: {ko: 0.5, en: 0.5}", "dataset: [data/grpo/*.jsonl]\n    rewards: {korean_only: 1.0, accuracy: 1.0, format: 0.5}\n    num_generations: 4").replace("trainable: inserted", "trainable: lora"))
+@train_app.command("grpo", epilog=train_epilog("grpo", "runs/tiny-ko/dpo", "trainable: lora\ndataset: [data/grpo/*.jsonl]\nrewards: {korean_only: 1.0, accuracy: 1.0, format: 0.5}\nnum_generations: 4\nmax_steps: 100"))
 def train_grpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
     """GRPO with llamak's rewards (korean_only, format, accuracy, length, no_repetition, safety)."""
     _train("grpo", config)
