@@ -14,28 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from train_step import StepTimer  # bench/ is on sys.path when run as a script
 
 from llamak.train.grpo import GrpoConfig, make_trainer
 from llamak.train.rewards import korean_letter_score
 from llamak.zoo import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.times.append(time.perf_counter() - self._t)
 
 
 def prompts(path: Path) -> list[list[dict]]:
