@@ -222,6 +222,52 @@ def merge(
     typer.echo(f"{result.method}: {result.num_layers} layers, {result.computed} tensors merged, {result.copied} copied: {out}")
 
 
+EVAL_SUITES = ("long",)
+
+
+@app.command("eval", epilog="Example:\n\n    llamak eval runs/tiny-ko/merge --suite long --lengths 256,512 --depths 0,0.5,1 --out runs/tiny-ko/eval")
+def eval_(
+    model: ModelArg,
+    suite: Annotated[list[str], typer.Option("--suite", help="Suite to run (repeatable): long = needle-in-a-haystack and multi-key retrieval probes, Korean and English.")] = ["long"],  # noqa: B006
+    lengths: Annotated[str, typer.Option("--lengths", help="long: haystack lengths in tokens, comma-separated.")] = "512,1024,2048",
+    depths: Annotated[str, typer.Option("--depths", help="long: needle depths (0 = start, 1 = end), comma-separated.")] = "0,0.25,0.5,0.75,1",
+    samples: Annotated[int, typer.Option("--samples", help="long: probes per task, language, length and depth.")] = 2,
+    lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for long.json and long_heatmap.png.", show_default=False)] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a model; `long`: RULER-style retrieval probes at chosen lengths and depths (exact match)."""
+    from llamak.evaluate.long import run_long_suite
+    from llamak.generation import HFGenerator
+
+    unknown = [s for s in suite if s not in EVAL_SUITES]
+    if unknown:
+        raise LlamakError(f"--suite {unknown[0]}: unknown suite (available now: {', '.join(EVAL_SUITES)})")
+    langs = [x.strip() for x in lang.split(",") if x.strip()]
+    if not langs or set(langs) - {"ko", "en"}:
+        raise LlamakError(f"--lang {lang!r}: expected ko, en or ko,en")
+    length_list = parse_int_list(lengths, "--lengths")
+    try:
+        depth_list = [float(x) for x in depths.split(",") if x.strip()]
+    except ValueError:
+        raise LlamakError(f"--depths {depths!r}: expected comma-separated fractions, e.g. 0,0.5,1") from None
+    if not length_list or min(length_list) < 64:
+        raise LlamakError(f"--lengths {lengths!r}: expected token counts of at least 64")
+    if not depth_list or not all(0 <= d <= 1 for d in depth_list):
+        raise LlamakError(f"--depths {depths!r}: every depth must be within [0, 1]")
+    generator = HFGenerator(model_path(model, "model"), batch_size=batch_size)
+    results = run_long_suite(generator, length_list, depth_list, samples, langs, out_dir=out, progress=not quiet)
+    typer.echo(f"long: accuracy {results['accuracy']:.3f} over {sum(c['samples'] for c in results['cells'])} probes")
+    for task in sorted({c["task"] for c in results["cells"]}):
+        for lg in langs:
+            row = [c for c in results["cells"] if c["task"] == task and c["lang"] == lg]
+            by_length = {n: sum(c["accuracy"] for c in row if c["length"] == n) / len(depth_list) for n in length_list}
+            typer.echo(f"  {task:<9}{lg:<4}" + "  ".join(f"{n}: {a:.2f}" for n, a in by_length.items()))
+    if out:
+        typer.echo(f"wrote {out / 'long.json'} and {out / 'long_heatmap.png'}")
+
+
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")
 def inspect(model: ModelArg) -> None:
     """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""

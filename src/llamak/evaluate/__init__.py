@@ -1,0 +1,1 @@
+"""Evaluation suites: long-context probes now; lm-eval suites (ko-core, en-retention, …) later."""

@@ -1,0 +1,62 @@
+"""One generation interface for everything that makes a model write (probes, LongPO synthesis, …).
+
+`HFGenerator` batches prompts through transformers' `generate` (left padding, longest prompts first
+so a batch wastes little padding) with a progress bar. Prompts are chat messages — rendered with
+the model's chat template — or plain strings. A vLLM engine can implement the same `generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+Prompt = str | list[dict]
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class HFGenerator:
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        self.batch_size = batch_size
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], sampling: Sampling = Sampling(), desc: str = "generate", progress: bool = True) -> list[str]:
+        texts = [self.render(p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[str] = [""] * len(texts)
+        torch.manual_seed(sampling.seed)
+        kwargs = {"do_sample": False} if sampling.temperature <= 0 else {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+        bar = tqdm(total=len(texts), desc=desc, disable=not progress)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            inputs = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            ids = self.model.generate(**inputs, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+            for i, row in zip(batch, ids[:, inputs["input_ids"].shape[1] :]):
+                out[i] = self.tokenizer.decode(row, skip_special_tokens=True)
+            bar.update(len(batch))
+        bar.close()
+        return out

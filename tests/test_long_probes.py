@@ -1,0 +1,73 @@
+"""Long-context probes: generated lengths and depths, scoring by exact match, CLI."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from llamak.evaluate.long import NEEDLE, QUESTION, make_probes, run_long_suite
+
+LLAMAK = [sys.executable, "-m", "llamak.cli"]
+
+
+class Scripted:
+    """A stand-in model: answers each probe by reading the haystack (copier) or with another probe's number."""
+
+    def __init__(self, shuffled: bool):
+        self.shuffled = shuffled
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return len(text.split())
+
+    def generate(self, prompts, sampling=None, desc="", progress=False):
+        answers = []
+        for p in prompts:
+            text = p[-1]["content"]
+            key = re.search(r"special magic number for (.+?) mentioned|언급된 (.+?)의 특별한", text)
+            key = key.group(1) or key.group(2)
+            value = re.search(rf"(?:for {re.escape(key)} is: |{re.escape(key)}의 특별한 마법 숫자 중 하나는 )(\d+)", text).group(1)
+            answers.append(value)
+        if self.shuffled:  # everyone gets the next probe's number
+            answers = answers[1:] + answers[:1]
+        return answers
+
+
+def test_a_copier_scores_one_and_a_shuffled_model_about_zero(tmp_path):
+    grid = dict(lengths=[200, 400], depths=[0.0, 0.5, 1.0], samples=2)
+    copier = run_long_suite(Scripted(False), **grid, out_dir=tmp_path, progress=False)
+    assert copier["accuracy"] == 1.0
+    assert (tmp_path / "long.json").is_file() and (tmp_path / "long_heatmap.png").stat().st_size > 1000
+    shuffled = run_long_suite(Scripted(True), **grid, progress=False)
+    assert shuffled["accuracy"] < 0.05
+    assert {(c["task"], c["lang"]) for c in copier["cells"]} == {(t, lg) for t in ("niah", "multikey") for lg in ("ko", "en")}
+
+
+def test_probes_hit_their_length_and_depth(llama3_tokenizer):
+    count = lambda t: len(llama3_tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    probes = make_probes([256, 1024], [0.0, 0.5, 1.0], 1, ["ko", "en"], ["niah", "multikey"], count)
+    for p in probes:
+        text = p.prompt[0]["content"]
+        assert abs(count(text) - p.length) <= 0.05 * p.length
+        needle = NEEDLE[p.lang].format(key=p.key, value=p.answer)
+        haystack = text.split("\n\n")[1].replace(needle, "NEEDLE")
+        filler = re.sub(NEEDLE[p.lang].format(key=r"\S+", value=r"\d+").replace(".", r"\."), "", haystack)  # drop distractors
+        position = filler.index("NEEDLE") / len(filler)
+        assert abs(position - p.depth) < 0.12, (p.lang, p.length, p.depth, position)
+        assert text.endswith(QUESTION[p.lang].format(key=p.key))
+        numbers = re.findall(r"\d{7}", text)
+        assert len(numbers) == (3 if p.task == "multikey" else 1) and p.answer in numbers
+
+
+def test_eval_cli_on_a_tiny_model(tiny_llama, llama3_pair, tmp_path):
+    base = llama3_pair[0]
+    result = subprocess.run([*LLAMAK, "eval", str(base), "--suite", "long", "--lengths", "96", "--depths", "0,1", "--samples", "1",
+                             "--lang", "ko", "--out", str(tmp_path), "-q"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "long.json").read_text())
+    assert len(results["cells"]) == 4 and "long: accuracy" in result.stdout
+    for args, needle in [(["--depths", "0,2"], "within [0, 1]"), (["--suite", "kmmlu"], "unknown suite"), (["--lang", "fr"], "expected ko, en")]:
+        bad = subprocess.run([*LLAMAK, "eval", str(base), *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
