@@ -46,3 +46,76 @@ def test_answer_logps_sums_only_labelled_tokens():
     logp = logits.log_softmax(-1)
     expected = [logp[0, 1, 3] + logp[0, 2, 4], logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 6] + logp[1, 3, 0]]
     assert torch.allclose(got, torch.stack(expected))
+
+
+# --------------------------------------------------------------------------- synthesis
+
+from llamak.train.longpo_synth import SynthSettings, chunk_document, parse_questions, synthesize  # noqa: E402
+
+
+class ScriptedWriter:
+    """Writes numbered questions (malformed for chunks that mention 'broken'), short-context answers,
+    and long-context answers (a refusal for questions about 'secret')."""
+
+    @staticmethod
+    def count_tokens(text):
+        return len(text.split())
+
+    def generate(self, prompts, sampling=None, desc="", progress=False):
+        out = []
+        for p in prompts:
+            text = p[-1]["content"]
+            if desc == "questions":
+                out.append("I cannot do numbering." if "broken" in text else "\n".join(f"{i}: question {i} about {text.split()[1]}?" for i in range(1, 5)))
+            elif desc == "short answers":
+                out.append("A careful answer from the short chunk.")
+            else:
+                out.append("I'm sorry, I cannot answer that." if "secret" in text.split("\n\n")[-1] else "A vaguer answer after the long document.")
+        return out
+
+
+def test_chunking_is_paragraph_aware_and_bounded():
+    doc = "\n\n".join(" ".join(f"w{p}_{i}" for i in range(30)) for p in range(6))
+    chunks = chunk_document(doc, lambda t: len(t.split()), 40, 70)
+    assert chunks and all(40 <= len(c.split()) <= 70 for c in chunks)
+    assert all(c.startswith("w") and "\n\n" in c for c in chunks)  # whole paragraphs, grouped
+
+
+def test_question_parsing_needs_exactly_n_numbered_questions():
+    assert parse_questions("1: a?\n2: b?\n3) c?\n4. d?", 4) == ["a?", "b?", "c?", "d?"]
+    assert parse_questions("1: a?\n2: b?", 4) is None
+    assert parse_questions("no numbers here", 4) is None
+
+
+def test_synthesis_makes_well_formed_records_and_filters_bad_generations():
+    para = lambda tag, n: " ".join([tag] + [f"word{i}" for i in range(n)])  # noqa: E731
+    good = "\n\n".join(para(f"topic{i}", 50) for i in range(4))
+    broken = "\n\n".join(para("broken", 50) for _ in range(4))
+    secret = "\n\n".join(para("secret", 50) for _ in range(4))
+    short = para("tiny", 10)
+    settings = SynthSettings(chunk_tokens=(40, 120), long_tokens=400, turns=2, questions=4)
+    records, stats = synthesize([good, broken, secret, short], ScriptedWriter(), settings, progress=False)
+    assert stats.dropped == {"document_too_short": 1, "malformed_questions": 2, "refusal": 2}
+    assert len(records) == 1 and records[0]["document"] == 0 and stats.pairs == 2
+    record = records[0]
+    assert record["lang"] == "en" and record["long_context"].count("\n\n\n") >= 1
+    for turn in record["turns"]:
+        assert turn["chunk"] in record["long_context"] and turn["question"].endswith("?")
+        assert turn["chosen"] != turn["rejected"]
+
+
+def test_synth_cli_runs_on_a_tiny_model(llama3_pair, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    doc = "\n\n".join("서울은 대한민국의 수도이며 한강이 도시를 가로질러 흐른다. " * 6 for _ in range(4))
+    (tmp_path / "doc.txt").write_text(doc, encoding="utf-8")
+    cmd = [sys.executable, "-m", "llamak.cli", "longpo", "synth", str(tmp_path / "doc.txt"), "--model", str(llama3_pair[0]),
+           "--out", str(tmp_path / "out"), "--chunk-tokens", "20,200", "--long-tokens", "600", "--max-new-tokens", "8", "-q"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "synth.json").read_text())
+    assert summary["documents"] == 1 and summary["records"] + sum(summary["dropped"].values()) >= 1  # random weights: all dropped
+    bad = subprocess.run(cmd[:-1] + ["--chunk-tokens", "300,20"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--chunk-tokens" in bad.stderr

@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+longpo_app = typer.Typer(help="LongPO: self-evolving short-to-long preference data (synth); the trainer comes next.", no_args_is_help=True)
+app.add_typer(longpo_app, name="longpo")
 data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality, PII, profanity, dedup), mix by token shares, pack for CPT.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
@@ -220,6 +222,35 @@ def merge(
         raise LlamakError(f"--workers {workers}: expected at least 1")
     result = run_merge(config, out, seed=seed, max_shard_bytes=parse_size(shard_size), workers=workers, overwrite=overwrite, progress=not quiet)
     typer.echo(f"{result.method}: {result.num_layers} layers, {result.computed} tensors merged, {result.copied} copied: {out}")
+
+
+@longpo_app.command("synth", epilog="Example:\n\n    llamak longpo synth 'data/ko/*.jsonl' --model runs/tiny-ko/sft --out runs/longpo-data --long-tokens 1024")
+def longpo_synth(
+    documents: Annotated[list[str], typer.Argument(help="Long documents: .txt files (one each) or .jsonl with `text` (globs ok).", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="The model that writes questions and answers (itself, later trained).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for pairs.jsonl and synth.json.", show_default=False)],
+    chunk_tokens: Annotated[str, typer.Option("--chunk-tokens", help="Short chunk size MIN,MAX in tokens (the authors: 16384,30000).")] = "64,256",
+    long_tokens: Annotated[int, typer.Option("--long-tokens", help="Longest long context in tokens (the authors: 131072).")] = 1024,
+    turns: Annotated[int, typer.Option("--turns", help="Question/answer turns per document.")] = 2,
+    questions: Annotated[int, typer.Option("--questions", help="Questions asked per chunk (one is kept).")] = 4,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest generation.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make LongPO pairs with the model itself: chosen = its answer from a short chunk, rejected = from the whole document."""
+    from llamak.generation import HFGenerator
+    from llamak.train.longpo_synth import SynthSettings, read_documents, synthesize, write_synthesis
+
+    low, high = (parse_int_list(chunk_tokens, "--chunk-tokens") + [0, 0])[:2]
+    if not 0 < low <= high:
+        raise LlamakError(f"--chunk-tokens {chunk_tokens!r}: expected MIN,MAX with 0 < MIN <= MAX")
+    settings = SynthSettings((low, high), long_tokens, turns, questions, max_new_tokens=max_new_tokens, seed=seed)
+    docs = read_documents(documents)
+    records, stats = synthesize(docs, HFGenerator(model_path(model, "--model"), batch_size=batch_size), settings, progress=not quiet)
+    write_synthesis(records, stats, settings, out)
+    dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"
+    typer.echo(f"longpo synth: {stats.documents} documents → {stats.records} records, {stats.pairs} pairs (dropped: {dropped}): {out}")
 
 
 EVAL_SUITES = ("long",)
