@@ -119,3 +119,56 @@ def test_synth_cli_runs_on_a_tiny_model(llama3_pair, tmp_path):
     assert summary["documents"] == 1 and summary["records"] + sum(summary["dropped"].values()) >= 1  # random weights: all dropped
     bad = subprocess.run(cmd[:-1] + ["--chunk-tokens", "300,20"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--chunk-tokens" in bad.stderr
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def scripted_records():
+    para = lambda tag, n: " ".join([tag] + [f"word{i}" for i in range(n)])  # noqa: E731
+    docs = ["\n\n".join(para(f"topic{i}{d}", 40) for i in range(4)) for d in range(2)]
+    records, _ = synthesize(docs, ScriptedWriter(), SynthSettings(chunk_tokens=(30, 100), long_tokens=300), progress=False)
+    return records
+
+
+def test_reference_logps_come_from_the_short_contexts(llama3_pair):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamak.train.longpo import encode, reference_logps, short_messages, turn_messages
+    from llamak.train.sft import assistant_mask_template
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_pair[0])
+    model = AutoModelForCausalLM.from_pretrained(llama3_pair[0], dtype=torch.float32)
+    template = assistant_mask_template(tokenizer)
+    records = scripted_records()
+    refs = reference_logps(model, tokenizer, records, template)
+
+    def summed(messages_per_turn):
+        total = 0.0
+        for messages in messages_per_turn:
+            ids, labels = encode(tokenizer, messages, template)
+            with torch.no_grad():
+                total += answer_logps(model(torch.tensor([ids])).logits, torch.tensor([labels])).item()
+        return total
+
+    record = records[0]
+    short = summed([short_messages(t, "chosen") for t in record["turns"]])
+    long = summed([turn_messages({**record, "turns": [t]}, "chosen") for t in record["turns"]])  # same answers, long context
+    assert refs[0][0] == pytest.approx(short, rel=1e-5)
+    assert abs(long - short) > 1e-3  # a reference that saw the long context would give other numbers
+
+
+def test_longpo_trains_and_logs_its_terms(llama3_pair, tmp_path):
+    import json
+
+    from llamak.train.longpo import LongpoConfig, run_longpo
+    from llamak.train.longpo_synth import SynthStats, write_synthesis
+
+    write_synthesis(scripted_records(), SynthStats(), SynthSettings(), tmp_path / "data")
+    config = LongpoConfig(pairs=str(tmp_path / "data"), max_steps=2, logging_steps=1, learning_rate=1e-3, beta=0.5, pref_weight=1.0, save_steps=50)
+    metrics = run_longpo(config, llama3_pair[0], tmp_path / "out")
+    first, last = metrics["log_history"][0], metrics["log_history"][-1]
+    assert {"loss", "nll", "pref_loss", "rewards/margins"} <= first.keys()
+    assert first["loss"] == pytest.approx(first["nll"] + first["pref_loss"], rel=1e-4)  # weights 1 and 1
+    assert last["rewards/margins"] > first["rewards/margins"]
+    assert json.loads((tmp_path / "out" / "llamak.json").read_text())["stage"] == "longpo"

@@ -67,3 +67,167 @@ def answer_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int =
     mask = labels != ignore_index
     picked = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
+
+
+# --------------------------------------------------------------------------- data → token sequences
+
+
+def turn_messages(record: dict, side: str) -> list[dict]:
+    """The long multi-turn conversation of one record: long context + question 1, answer 1, question 2, …"""
+    messages = []
+    for k, turn in enumerate(record["turns"]):
+        question = f"{record['long_context']}\n\n{turn['question']}" if k == 0 else turn["question"]
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": turn[side]}]
+    return messages
+
+
+def short_messages(turn: dict, side: str) -> list[dict]:
+    """One turn as the reference sees it: the short chunk + question, then the answer."""
+    return [{"role": "user", "content": f"{turn['chunk']}\n\n{turn['question']}"}, {"role": "assistant", "content": turn[side]}]
+
+
+def encode(tokenizer, messages: list[dict], template: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 outside assistant answers) of a conversation."""
+    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids = list(out["input_ids"])
+    return ids, [t if m else -100 for t, m in zip(ids, out["assistant_masks"])]
+
+
+@torch.no_grad()
+def reference_logps(model, tokenizer, records: list[dict], template: str) -> list[tuple[float, float]]:
+    """Σ over turns of log π_ref(answer | short chunk + question), chosen and rejected, per record —
+    computed once, before training, by the model the stage starts from (the short-context reference)."""
+    model.eval()
+    out = []
+    for record in records:
+        sums = []
+        for side in ("chosen", "rejected"):
+            total = 0.0
+            for turn in record["turns"]:
+                ids, labels = encode(tokenizer, short_messages(turn, side), template)
+                total += answer_logps(model(torch.tensor([ids])).logits.float(), torch.tensor([labels])).item()
+            sums.append(total)
+        out.append((sums[0], sums[1]))
+    return out
+
+
+def examples(tokenizer, records: list[dict], refs: list[tuple[float, float]], template: str) -> list[dict]:
+    rows = []
+    for record, (ref_w, ref_l) in zip(records, refs):
+        chosen_ids, chosen_labels = encode(tokenizer, turn_messages(record, "chosen"), template)
+        rejected_ids, rejected_labels = encode(tokenizer, turn_messages(record, "rejected"), template)
+        rows.append({"chosen_ids": chosen_ids, "chosen_labels": chosen_labels, "rejected_ids": rejected_ids,
+                     "rejected_labels": rejected_labels, "ref_chosen_logps": ref_w, "ref_rejected_logps": ref_l})
+    return rows
+
+
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen and rejected sequences of the batch stacked (chosen first), right-padded."""
+    seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
+    labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
+    width = max(len(s) for s in seqs)
+    pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+    return {
+        "input_ids": torch.tensor(pad(seqs, pad_id)),
+        "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+        "labels": torch.tensor(pad(labels, -100)),
+        "ref_chosen_logps": torch.tensor([r["ref_chosen_logps"] for r in rows]),
+        "ref_rejected_logps": torch.tensor([r["ref_rejected_logps"] for r in rows]),
+    }
+
+
+# --------------------------------------------------------------------------- trainer
+
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from llamak.train.common import TrainSettings  # noqa: E402
+
+
+class LongpoConfig(TrainSettings):
+    """A LongPO training stage on `llamak longpo synth` output (`pairs.jsonl` or its folder)."""
+
+    trainable: Literal["all", "lora", "inserted"] = "all"
+    pairs: str
+    beta: float = Field(0.01, ge=0)
+    pref_weight: float = Field(0.01, ge=0)
+    nll_weight: float = Field(1.0, ge=0)
+    learning_rate: float = Field(5e-7, gt=0)
+    batch_size: int = Field(1, gt=0)
+
+    def pairs_file(self) -> Path:
+        path = Path(self.pairs)
+        return path / "pairs.jsonl" if path.is_dir() else path
+
+    def data_files(self) -> list[Path]:
+        from llamak.errors import LlamakError
+
+        if not self.pairs_file().is_file():
+            raise LlamakError(f"pairs: {self.pairs_file()}: no such file (make it with `llamak longpo synth`)")
+        return [self.pairs_file()]
+
+
+def trainer_class():
+    """`transformers.Trainer` with the LongPO loss. Not TRL's `DPOTrainer`: its data model is one
+    prompt shared by one chosen and one rejected completion, while a LongPO record's chosen and
+    rejected conversations differ in every turn and its reference reads other (short) inputs."""
+    from collections import defaultdict
+
+    from transformers import Trainer
+
+    class LongPOTrainer(Trainer):
+        def __init__(self, *args, weights: LongPOWeights, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.weights = weights
+            self._logged = defaultdict(list)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            n = inputs["ref_chosen_logps"].shape[0]
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
+            logps = answer_logps(logits, inputs["labels"])
+            # NLL over the whole chosen sequence (context, questions and answers), as the authors' code
+            targets = inputs["input_ids"][:n].masked_fill(inputs["attention_mask"][:n] == 0, -100)[:, 1:]
+            token_nll = F.cross_entropy(logits[:n, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            nll = token_nll.sum(-1) / (targets != -100).sum(-1).clamp(min=1)
+            loss, metrics = longpo_loss(logps[:n], logps[n:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], nll, self.weights)
+            for key, value in metrics.items():
+                self._logged[key].append(value.item())
+            return (loss, logits) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            logs.update({key: sum(v) / len(v) for key, v in self._logged.items()})
+            self._logged.clear()
+            super().log(logs, start_time)
+
+    return LongPOTrainer
+
+
+def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path):
+    import json
+
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from llamak.train.common import build_config, load_for_training, prepare_trainable
+    from llamak.train.sft import assistant_mask_template
+
+    model, tokenizer, source = load_for_training(model_dir)
+    template = assistant_mask_template(tokenizer)
+    records = [json.loads(line) for line in config.pairs_file().read_text(encoding="utf-8").splitlines() if line.strip()]
+    refs = reference_logps(model, tokenizer, records, template)  # the input model, before any update
+    rows = examples(tokenizer, records, refs, template)
+    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
+    args = build_config(TrainingArguments, config, checkpoints, remove_unused_columns=False)
+    trainer = trainer_class()(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), weights=LongPOWeights(config.beta, config.pref_weight, config.nll_weight),
+    )
+    return trainer, tokenizer, source, {**params, "records": len(records), "pairs": sum(len(r["turns"]) for r in records)}
+
+
+def run_longpo(config: LongpoConfig, model_dir: Path, out: Path) -> dict:
+    from llamak.train.common import run_training
+
+    return run_training("longpo", make_trainer, config, model_dir, out)
