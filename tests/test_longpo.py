@@ -172,3 +172,22 @@ def test_longpo_trains_and_logs_its_terms(llama3_pair, tmp_path):
     assert first["loss"] == pytest.approx(first["nll"] + first["pref_loss"], rel=1e-4)  # weights 1 and 1
     assert last["rewards/margins"] > first["rewards/margins"]
     assert json.loads((tmp_path / "out" / "llamak.json").read_text())["stage"] == "longpo"
+
+
+def test_train_longpo_cli(llama3_pair, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from llamak.train.longpo_synth import SynthStats, write_synthesis
+
+    write_synthesis(scripted_records(), SynthStats(), SynthSettings(), tmp_path / "data")
+    config = tmp_path / "longpo.yaml"
+    config.write_text(yaml.safe_dump({"model": str(llama3_pair[0]), "out": str(tmp_path / "out"), "pairs": str(tmp_path / "data"), "max_steps": 1}))
+    result = subprocess.run([sys.executable, "-m", "llamak.cli", "train", "longpo", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "longpo: 1 steps" in result.stdout and (tmp_path / "out" / "model.safetensors").is_file()
+    config.write_text(yaml.safe_dump({"model": str(llama3_pair[0]), "out": str(tmp_path / "o2"), "pairs": str(tmp_path / "nowhere")}))
+    bad = subprocess.run([sys.executable, "-m", "llamak.cli", "train", "longpo", str(config)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such file" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

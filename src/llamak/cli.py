@@ -394,6 +394,12 @@ def train_grpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.",
     _train("grpo", config)
 
 
+@train_app.command("longpo", epilog=train_epilog("longpo", "runs/tiny-ko/sft", "pairs: runs/longpo-data      # from `llamak longpo synth`\nbeta: 0.01\npref_weight: 0.01\nnll_weight: 1.0\nmax_steps: 100"))
+def train_longpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+    """LongPO on `llamak longpo synth` pairs: NLL on the long chosen conversation + short-to-long preference."""
+    _train("longpo", config)
+
+
 @data_app.command("clean", epilog="Example:\n\n    llamak data clean 'data/ko/*.jsonl' 'data/en/*.jsonl' --out runs/clean --workers 2")
 def data_clean(
     inputs: Annotated[list[str], typer.Argument(help="Files, globs or folders: .jsonl, .jsonl.gz, .parquet (field `text`, optional `id`), .txt (one document each).", show_default=False)],

@@ -203,6 +203,18 @@ def _grpo_stage():
     return type("GrpoStage", (StageFields, GrpoConfig), {})
 
 
+def _longpo_stage():
+    from llamak.train.longpo import LongpoConfig
+
+    return type("LongpoStage", (StageFields, LongpoConfig), {})
+
+
+def _run_longpo(cfg, model: Path, out: Path, ctx: RunContext | None) -> dict:
+    from llamak.train.longpo import run_longpo
+
+    return run_longpo(cfg, model, out)
+
+
 def _run_dpo(cfg, model: Path, out: Path, ctx: RunContext | None) -> dict:
     from llamak.train.dpo import run_dpo
     from llamak.zoo import resolve_model
@@ -286,6 +298,7 @@ STAGES: dict[str, StageType] = {
     "sft": StageType(_sft_stage, _run_sft, trains=True),
     "dpo": StageType(_dpo_stage, _run_dpo, trains=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
     "grpo": StageType(_grpo_stage, _run_grpo, trains=True),
+    "longpo": StageType(_longpo_stage, _run_longpo, trains=True),
 }
 
 
