@@ -191,3 +191,23 @@ def test_train_longpo_cli(llama3_pair, tmp_path):
     config.write_text(yaml.safe_dump({"model": str(llama3_pair[0]), "out": str(tmp_path / "o2"), "pairs": str(tmp_path / "nowhere")}))
     bad = subprocess.run([sys.executable, "-m", "llamak.cli", "train", "longpo", str(config)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no such file" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_rope_setting_changes_the_policy_only_and_refs_are_cached(llama3_pair, tmp_path):
+    import json
+
+    from llamak.train.longpo import LongpoConfig, run_longpo
+    from llamak.train.longpo_synth import SynthStats, write_synthesis
+
+    write_synthesis(scripted_records(), SynthStats(), SynthSettings(), tmp_path / "data")
+    config = LongpoConfig(pairs=str(tmp_path / "data"), max_steps=1, save_steps=50, rope_theta=1e6)
+    run_longpo(config, llama3_pair[0], tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["rope_parameters"]["rope_theta"] == 1e6
+    caches = list((tmp_path / "data").glob("ref_logps.*.json"))
+    assert len(caches) == 1
+    first = caches[0].read_text()
+    run_longpo(config.model_copy(update={"rope_theta": None}), llama3_pair[0], tmp_path / "out2")
+    assert caches[0].read_text() == first and len(list((tmp_path / "data").glob("ref_logps.*.json"))) == 1  # reused
+    original = json.loads((llama3_pair[0] / "config.json").read_text())
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["rope_parameters"] == original["rope_parameters"]

@@ -15,17 +15,22 @@ with several question/answer turns):
     L_nll  = mean token cross-entropy of the policy on the whole chosen sequence
     loss   = nll_weight · L_nll + pref_weight · L_pref        (defaults β 0.01, pref 0.01, nll 1)
 
-Status: this module holds the loss (tested against hand computation and its limits). Pair
-synthesis (`llamak longpo synth`) and the trainer (a `DPOTrainer` subclass fed precomputed
-short-context reference log-probs) are the next steps of issue 7.
+Pairs come from `llamak longpo synth` (`longpo_synth.py`); this module turns them into token
+sequences, precomputes the short-context reference log-probs once (cached beside the pairs) and
+trains with `LongPOTrainer` (`llamak train longpo CONFIG`, or a recipe `longpo` stage).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from llamak.train.common import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,6 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- trainer
 
-from pathlib import Path  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from llamak.train.common import TrainSettings  # noqa: E402
-
-
 class LongpoConfig(TrainSettings):
     """A LongPO training stage on `llamak longpo synth` output (`pairs.jsonl` or its folder)."""
 
@@ -156,6 +153,11 @@ class LongpoConfig(TrainSettings):
     nll_weight: float = Field(1.0, ge=0)
     learning_rate: float = Field(5e-7, gt=0)
     batch_size: int = Field(1, gt=0)
+    # RoPE of the policy (the reference keeps the model's own): e.g. rope_theta 1e7 as the authors
+    # did for Mistral-7B at 128K; Llama-3.1 is natively 128K, beyond it set
+    # rope_parameters {rope_type: llama3, factor: …}.
+    rope_theta: float | None = Field(None, gt=0)
+    rope_parameters: dict | None = None
 
     def pairs_file(self) -> Path:
         path = Path(self.pairs)
@@ -216,8 +218,10 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path):
     model, tokenizer, source = load_for_training(model_dir)
     template = assistant_mask_template(tokenizer)
     records = [json.loads(line) for line in config.pairs_file().read_text(encoding="utf-8").splitlines() if line.strip()]
-    refs = reference_logps(model, tokenizer, records, template)  # the input model, before any update
+    refs = cached_reference_logps(config.pairs_file(), model_dir, lambda: reference_logps(model, tokenizer, records, template))
     rows = examples(tokenizer, records, refs, template)
+    if config.rope_theta or config.rope_parameters:
+        model = load_with_rope(model_dir, config.rope_theta, config.rope_parameters)
     model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
     args = build_config(TrainingArguments, config, checkpoints, remove_unused_columns=False)
     trainer = trainer_class()(
@@ -225,6 +229,38 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path):
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), weights=LongPOWeights(config.beta, config.pref_weight, config.nll_weight),
     )
     return trainer, tokenizer, source, {**params, "records": len(records), "pairs": sum(len(r["turns"]) for r in records)}
+
+
+def load_with_rope(model_dir: Path, rope_theta: float | None, rope_parameters: dict | None):
+    """The policy with changed RoPE settings (the rotary tables are built from the config at load)."""
+    import torch as _torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    rope.update(rope_parameters or {})
+    if rope_theta:
+        rope["rope_theta"] = rope_theta
+    config.rope_parameters = rope
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=_torch.float32)
+
+
+def cached_reference_logps(pairs: Path, model_dir: Path, compute) -> list[tuple[float, float]]:
+    """Reference log-probs stored beside the pairs, keyed by the reference model's content hash and
+    the pairs' fingerprint: computed once, reused by reruns and resumes."""
+    import json
+
+    from llamak.lineage import content_hash, file_fingerprint
+
+    key = f"{content_hash(model_dir)[:16]}-{file_fingerprint(pairs)[:16]}"
+    cache = pairs.with_name(f"ref_logps.{key}.json")
+    if cache.is_file():
+        return [tuple(x) for x in json.loads(cache.read_text())]
+    refs = compute()
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(refs))
+    tmp.replace(cache)
+    return refs
 
 
 def run_longpo(config: LongpoConfig, model_dir: Path, out: Path) -> dict:
