@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(help="Embedded models built offline (tiny-base, tiny-instruct, smollm2-135m-instruct).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-longpo_app = typer.Typer(help="LongPO: self-evolving short-to-long preference data (synth); the trainer comes next.", no_args_is_help=True)
+longpo_app = typer.Typer(help="LongPO: self-evolving short-to-long preference pairs (synth); train them with `llamak train longpo`.", no_args_is_help=True)
 app.add_typer(longpo_app, name="longpo")
 data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality, PII, profanity, dedup), mix by token shares, pack for CPT.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
