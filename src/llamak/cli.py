@@ -370,34 +370,31 @@ def train_epilog(kind: str, model: str, fields: str) -> str:
     )
 
 
-@train_app.command("cpt", epilog=train_epilog("cpt", "runs/tiny-ko/expand", "trainable: inserted\ncorpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\nmix: {ko: 0.5, en: 0.5}\nmax_steps: 100"))
-def train_cpt(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-    """Continued pre-training (LLaMA-Pro: `trainable: inserted` trains only the inserted blocks)."""
-    _train("cpt", config)
+# kind → (summary, example input, example fields): one `llamak train KIND CONFIG` command each
+TRAIN_COMMANDS = {
+    "cpt": ("Continued pre-training (LLaMA-Pro: `trainable: inserted` trains only the inserted blocks).", "runs/tiny-ko/expand",
+            "trainable: inserted\ncorpus: {ko: [data/ko/*.jsonl], en: [data/en/*.jsonl]}\nmix: {ko: 0.5, en: 0.5}\nmax_steps: 100"),
+    "sft": ("Instruction tuning on chat JSONL (`messages`), loss on assistant turns only; full or LoRA.", "runs/tiny-ko/chat_vector",
+            "trainable: all\ndataset: [data/sft/*.jsonl]\nmax_steps: 100"),
+    "dpo": ("Direct Preference Optimization on prompt/chosen/rejected JSONL (sigmoid, ipo, DPO+NLL, …).", "runs/tiny-ko/sft",
+            "dataset: [data/dpo/*.jsonl]\nbeta: 0.1\nloss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.2]\nmax_steps: 100"),
+    "grpo": ("GRPO with llamak's rewards (korean_only, format, accuracy, length, no_repetition, safety).", "runs/tiny-ko/dpo",
+             "trainable: lora\ndataset: [data/grpo/*.jsonl]\nrewards: {korean_only: 1.0, accuracy: 1.0, format: 0.5}\nnum_generations: 4\nmax_steps: 100"),
+    "longpo": ("LongPO on `llamak longpo synth` pairs: NLL on the long chosen conversation + short-to-long preference.", "runs/tiny-ko/sft",
+               "pairs: runs/longpo-data      # from `llamak longpo synth`\nbeta: 0.01\npref_weight: 0.01\nnll_weight: 1.0\nmax_steps: 100"),
+}
 
 
-@train_app.command("sft", epilog=train_epilog("sft", "runs/tiny-ko/chat_vector", "trainable: all\ndataset: [data/sft/*.jsonl]\nmax_steps: 100"))
-def train_sft(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-    """Instruction tuning on chat JSONL (`messages`), loss on assistant turns only; full or LoRA."""
-    _train("sft", config)
+def train_command(kind: str, summary: str):
+    def command(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
+        _train(kind, config)
+
+    command.__doc__ = summary
+    return command
 
 
-@train_app.command("dpo", epilog=train_epilog("dpo", "runs/tiny-ko/sft", "dataset: [data/dpo/*.jsonl]\nbeta: 0.1\nloss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.2]\nmax_steps: 100"))
-def train_dpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-    """Direct Preference Optimization on prompt/chosen/rejected JSONL (sigmoid, ipo, DPO+NLL, …)."""
-    _train("dpo", config)
-
-
-@train_app.command("grpo", epilog=train_epilog("grpo", "runs/tiny-ko/dpo", "trainable: lora\ndataset: [data/grpo/*.jsonl]\nrewards: {korean_only: 1.0, accuracy: 1.0, format: 0.5}\nnum_generations: 4\nmax_steps: 100"))
-def train_grpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-    """GRPO with llamak's rewards (korean_only, format, accuracy, length, no_repetition, safety)."""
-    _train("grpo", config)
-
-
-@train_app.command("longpo", epilog=train_epilog("longpo", "runs/tiny-ko/sft", "pairs: runs/longpo-data      # from `llamak longpo synth`\nbeta: 0.01\npref_weight: 0.01\nnll_weight: 1.0\nmax_steps: 100"))
-def train_longpo(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-    """LongPO on `llamak longpo synth` pairs: NLL on the long chosen conversation + short-to-long preference."""
-    _train("longpo", config)
+for _kind, (_summary, _model, _fields) in TRAIN_COMMANDS.items():
+    train_app.command(_kind, epilog=train_epilog(_kind, _model, _fields))(train_command(_kind, _summary))
 
 
 @data_app.command("clean", epilog="Example:\n\n    llamak data clean 'data/ko/*.jsonl' 'data/en/*.jsonl' --out runs/clean --workers 2")
