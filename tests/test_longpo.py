@@ -211,3 +211,73 @@ def test_rope_setting_changes_the_policy_only_and_refs_are_cached(llama3_pair, t
     assert caches[0].read_text() == first and len(list((tmp_path / "data").glob("ref_logps.*.json"))) == 1  # reused
     original = json.loads((llama3_pair[0] / "config.json").read_text())
     assert json.loads((tmp_path / "out2" / "config.json").read_text())["rope_parameters"] == original["rope_parameters"]
+
+
+# --------------------------------------------------------------------------- template questions, stage
+
+
+def test_template_questions_ask_about_terms_typical_of_the_chunk():
+    from llamak.train.longpo_synth import template_questions
+
+    long = "The harbour opened in 1890. Trade grew.\n\nThe railway reached the harbour town. Farmers sent grain by railway."
+    chunk = long.split("\n\n")[1]
+    questions = template_questions(chunk, long, "en", 2)
+    assert len(questions) == 2 and all(q.endswith("?") or q.endswith(".") for q in questions)
+    assert "railway" in questions[0]  # twice in the chunk, nowhere else; "harbour" is in both paragraphs
+    ko_long = "조선은 한양에 도읍을 정했다.\n\n세종은 훈민정음을 만들었다. 훈민정음은 백성을 위한 문자였다."
+    ko = template_questions(ko_long.split("\n\n")[1], ko_long, "ko", 1)
+    assert ko and "훈민정음" in ko[0]
+
+
+def test_auto_questions_fall_back_to_templates_only_when_malformed():
+    para = lambda tag, n: " ".join([tag] + [f"word{i}" for i in range(n)])  # noqa: E731
+    docs = ["\n\n".join(para("broken", 50) for _ in range(4)), "\n\n".join(para(f"topic{i}", 50) for i in range(4))]
+    for source, expected_templates in (("auto", 2), ("template", 4)):
+        settings = SynthSettings(chunk_tokens=(40, 120), long_tokens=400, turns=2, questions=2, question_source=source)
+        records, stats = synthesize(docs, ScriptedWriter(), settings, progress=False)
+        assert stats.template_questions == expected_templates and stats.pairs == 4 and "malformed_questions" not in stats.dropped
+    from llamak.errors import LlamakError
+
+    with pytest.raises(LlamakError, match="question_source"):
+        SynthSettings(question_source="magic")
+
+
+def test_config_needs_pairs_or_synth_exactly():
+    from pydantic import ValidationError
+
+    from llamak.train.longpo import LongpoConfig
+
+    for fields in ({}, {"pairs": "x", "synth": {"documents": ["d.txt"]}}):
+        with pytest.raises(ValidationError, match="exactly one"):
+            LongpoConfig(**fields)
+    with pytest.raises(ValidationError):
+        LongpoConfig(synth={"documents": ["d.txt"], "question_source": "magic"})
+
+
+def test_stage_synthesises_with_its_input_model_and_probes_before_and_after(llama3_pair, tmp_path):
+    import json
+
+    from llamak.train.longpo import LongpoConfig, run_longpo
+
+    doc = "\n\n".join(f"Paragraph {i} tells that the river{i} crosses the valley{i} near the old mill{i}. " * 3 for i in range(6))
+    (tmp_path / "doc.txt").write_text(doc)
+    config = LongpoConfig(
+        synth={"documents": [str(tmp_path / "doc.txt")], "chunk_tokens": [30, 120], "long_tokens": 400, "questions": 2,
+               "question_source": "template", "min_distinct_4grams": 0.0, "min_answer_chars": 0, "max_new_tokens": 6},
+        probes={"lengths": [64], "depths": [0.0, 1.0], "langs": ["en"], "tasks": ["niah"], "samples": 1},
+        max_steps=1, save_steps=50)
+    out = tmp_path / "out"
+    metrics = run_longpo(config, llama3_pair[0], out, progress=False)
+    synth = json.loads((out / "synth.json").read_text())
+    assert synth["pairs"] >= 1 and synth["template_questions"] >= 1 and metrics["pairs"] == synth["pairs"]
+    assert set(metrics["probes"]) == {"before", "after"}
+    for when in ("before", "after"):
+        result = json.loads((out / "probes" / when / "long.json").read_text())
+        assert result["accuracy"] == metrics["probes"][when] and len(result["cells"]) == 2
+        assert (out / "probes" / when / "long_heatmap.png").stat().st_size > 1000
+    # a rerun reuses the synthesis (same model, settings, documents): the cache key is unchanged
+    key = json.loads((tmp_path / "out.synth" / "synth.json").read_text())["key"]
+    mtime = (tmp_path / "out.synth" / "pairs.jsonl").stat().st_mtime_ns
+    run_longpo(config, llama3_pair[0], out, progress=False)
+    assert (tmp_path / "out.synth" / "pairs.jsonl").stat().st_mtime_ns == mtime
+    assert json.loads((out / "synth.json").read_text())["key"] == key

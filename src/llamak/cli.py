@@ -234,19 +234,23 @@ def longpo_synth(
     turns: Annotated[int, typer.Option("--turns", help="Question/answer turns per document.")] = 2,
     questions: Annotated[int, typer.Option("--questions", help="Questions asked per chunk (one is kept).")] = 4,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest generation.")] = 128,
+    questions_from: Annotated[str, typer.Option("--questions-from", help="model: the model writes them; template: questions about terms typical of the chunk (for models too small to write questions); auto: templates where the model's are malformed.")] = "model",
+    max_documents: Annotated[Optional[int], typer.Option("--max-documents", help="Use a seeded sample of this many documents.", show_default=False)] = None,
+    min_distinct: Annotated[float, typer.Option("--min-distinct", help="Drop answers whose share of distinct character 4-grams is below this (loops).")] = 0.5,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Make LongPO pairs with the model itself: chosen = its answer from a short chunk, rejected = from the whole document."""
     from llamak.generation import HFGenerator
-    from llamak.train.longpo_synth import SynthSettings, read_documents, synthesize, write_synthesis
+    from llamak.train.longpo_synth import SynthSettings, pick_documents, read_documents, synthesize, write_synthesis
 
     low, high = (parse_int_list(chunk_tokens, "--chunk-tokens") + [0, 0])[:2]
     if not 0 < low <= high:
         raise LlamakError(f"--chunk-tokens {chunk_tokens!r}: expected MIN,MAX with 0 < MIN <= MAX")
-    settings = SynthSettings((low, high), long_tokens, turns, questions, max_new_tokens=max_new_tokens, seed=seed)
-    docs = read_documents(documents)
+    settings = SynthSettings((low, high), long_tokens, turns, questions, max_new_tokens=max_new_tokens, seed=seed,
+                             question_source=questions_from, min_distinct_4grams=min_distinct)
+    docs = pick_documents(read_documents(documents), max_documents, seed)
     records, stats = synthesize(docs, HFGenerator(model_path(model, "--model"), batch_size=batch_size), settings, progress=not quiet)
     write_synthesis(records, stats, settings, out)
     dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"

@@ -25,14 +25,16 @@ class Sampling:
 
 
 class HFGenerator:
-    def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype | None = None, device: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)  # CPUs are slow in bf16
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.batch_size = batch_size
 
     def render(self, prompt: Prompt) -> str:
@@ -53,7 +55,7 @@ class HFGenerator:
         bar = tqdm(total=len(texts), desc=desc, disable=not progress)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            inputs = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
             ids = self.model.generate(**inputs, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
             for i, row in zip(batch, ids[:, inputs["input_ids"].shape[1] :]):
                 out[i] = self.tokenizer.decode(row, skip_special_tokens=True)

@@ -1,8 +1,8 @@
 """`report.html` of a run: one self-contained page (plots embedded as PNG, the lineage graph as SVG).
 
 Rebuilt from `manifest.json` after every stage: a table of stages, the loss curve of each training
-stage, DPO margins and GRPO rewards/KL, the trainable-parameter share, stage durations and the
-lineage graph (which stage feeds which).
+stage, DPO margins and GRPO rewards/KL, long-context probe heat maps before/after a LongPO stage,
+the trainable-parameter share, stage durations and the lineage graph (which stage feeds which).
 """
 
 from __future__ import annotations
@@ -163,6 +163,23 @@ def data_table(stages: dict) -> str:
     return "<h2>Data</h2><table>" + head + "".join(rows) + "</table>"
 
 
+def probes_section(run_dir: Path, order: list[str], stages: dict) -> str:
+    """Per stage with `probes` metrics: accuracy before → after and both depth × length heat maps."""
+    parts = []
+    for name in order:
+        probes = stages.get(name, {}).get("metrics", {}).get("probes")
+        if not probes:
+            continue
+        images = []
+        for when in ("before", "after"):
+            png = run_dir / name / "probes" / when / "long_heatmap.png"
+            if png.is_file():
+                data = base64.b64encode(png.read_bytes()).decode()
+                images.append(f'<figure><figcaption>{when}</figcaption><img alt="{when}" src="data:image/png;base64,{data}"></figure>')
+        parts.append(f"<h3>{html.escape(name)}: accuracy {probes['before']:.2f} → {probes['after']:.2f}</h3>" + "".join(images))
+    return "<h2>Long-context probes</h2>" + "".join(parts) if parts else ""
+
+
 def write_report(run_dir: Path) -> Path:
     import matplotlib
 
@@ -174,7 +191,8 @@ def write_report(run_dir: Path) -> Path:
                 f"<p>recipe: <code>{html.escape(manifest.get('recipe', '?'))}</code></p>",
                 "<h2>Stages</h2>", stage_table(order, stages),
                 data_table(stages),
-                "<h2>Lineage</h2>", lineage_svg(order, stages)]
+                "<h2>Lineage</h2>", lineage_svg(order, stages),
+                probes_section(run_dir, order, stages)]
     plots = [
         ("Training loss", loss_plot(stages)),
         ("Preference and RL signals", alignment_plot(stages)),

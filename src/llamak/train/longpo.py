@@ -15,9 +15,12 @@ with several question/answer turns):
     L_nll  = mean token cross-entropy of the policy on the whole chosen sequence
     loss   = nll_weight · L_nll + pref_weight · L_pref        (defaults β 0.01, pref 0.01, nll 1)
 
-Pairs come from `llamak longpo synth` (`longpo_synth.py`); this module turns them into token
-sequences, precomputes the short-context reference log-probs once (cached beside the pairs) and
-trains with `LongPOTrainer` (`llamak train longpo CONFIG`, or a recipe `longpo` stage).
+Pairs come from `llamak longpo synth` (`longpo_synth.py`) — `pairs:` — or are synthesised by the
+stage's own input model first — `synth:` (self-evolution; cached in `OUT.synth/`). This module turns
+them into token sequences, precomputes the short-context reference log-probs once (cached beside the
+pairs) and trains with `LongPOTrainer` (`llamak train longpo CONFIG`, or a recipe `longpo` stage).
+With `probes:`, the long-context probes run on the input and on the trained model
+(`OUT/probes/{before,after}/long.json` + heat maps; accuracies in the stage metrics).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llamak.train.common import TrainSettings
 
@@ -143,11 +146,56 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- trainer
 
+class SynthOptions(BaseModel):
+    """`llamak longpo synth`'s settings, for a stage that synthesises its own pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: list[str]  # .txt files or .jsonl with `text` (globs ok)
+    max_documents: int | None = Field(None, gt=0)  # a seeded sample of that many
+    chunk_tokens: tuple[int, int] = (64, 256)
+    long_tokens: int = Field(1024, gt=0)
+    turns: int = Field(2, gt=0)
+    questions: int = Field(4, gt=0)
+    question_source: Literal["model", "template", "auto"] = "model"
+    min_answer_chars: int = Field(10, ge=0)
+    min_distinct_4grams: float = Field(0.5, ge=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)
+    seed: int = 0
+
+    def settings(self):
+        from llamak.train.longpo_synth import SynthSettings
+
+        return SynthSettings(**self.model_dump(exclude={"documents", "max_documents", "batch_size"}))
+
+
+class ProbeOptions(BaseModel):
+    """Long-context probes (`llamak eval --suite long`) before and after the stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    lengths: list[int] = Field(min_length=1)
+    depths: list[float] = [0.0, 0.5, 1.0]
+    samples: int = Field(2, gt=0)
+    langs: list[Literal["ko", "en"]] = ["ko", "en"]
+    tasks: list[Literal["niah", "multikey"]] = ["niah", "multikey"]
+    batch_size: int = Field(8, gt=0)
+    seed: int = 0
+
+    def run(self, model_dir: Path, out_dir: Path, progress: bool = True) -> dict:
+        from llamak.evaluate.long import run_long_suite
+        from llamak.generation import HFGenerator
+
+        generator = HFGenerator(model_dir, batch_size=self.batch_size)
+        return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress)
+
+
 class LongpoConfig(TrainSettings):
     """A LongPO training stage on `llamak longpo synth` output (`pairs.jsonl` or its folder)."""
 
     trainable: Literal["all", "lora", "inserted"] = "all"
-    pairs: str
+    pairs: str | None = None  # a `llamak longpo synth` folder or its pairs.jsonl
+    synth: SynthOptions | None = None  # or: synthesise pairs with the input model first
+    probes: ProbeOptions | None = None
     beta: float = Field(0.01, ge=0)
     pref_weight: float = Field(0.01, ge=0)
     nll_weight: float = Field(1.0, ge=0)
@@ -159,13 +207,22 @@ class LongpoConfig(TrainSettings):
     rope_theta: float | None = Field(None, gt=0)
     rope_parameters: dict | None = None
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.pairs is None) == (self.synth is None):
+            raise ValueError("give `pairs:` (a `llamak longpo synth` folder) or `synth:` (documents the model makes pairs from), exactly one")
+        return self
+
     def pairs_file(self) -> Path:
         path = Path(self.pairs)
         return path / "pairs.jsonl" if path.is_dir() else path
 
     def data_files(self) -> list[Path]:
         from llamak.errors import LlamakError
+        from llamak.train.common import expand_globs
 
+        if self.synth is not None:
+            return expand_globs(self.synth.documents, "synth.documents")
         if not self.pairs_file().is_file():
             raise LlamakError(f"pairs: {self.pairs_file()}: no such file (make it with `llamak longpo synth`)")
         return [self.pairs_file()]
@@ -206,7 +263,7 @@ def trainer_class():
     return LongPOTrainer
 
 
-def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path):
+def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path, pairs: Path | None = None):
     import json
 
     from datasets import Dataset
@@ -217,8 +274,9 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path):
 
     model, tokenizer, source = load_for_training(model_dir)
     template = assistant_mask_template(tokenizer)
-    records = [json.loads(line) for line in config.pairs_file().read_text(encoding="utf-8").splitlines() if line.strip()]
-    refs = cached_reference_logps(config.pairs_file(), model_dir, lambda: reference_logps(model, tokenizer, records, template))
+    pairs = pairs or config.pairs_file()
+    records = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
+    refs = cached_reference_logps(pairs, model_dir, lambda: reference_logps(model, tokenizer, records, template))
     rows = examples(tokenizer, records, refs, template)
     if config.rope_theta or config.rope_parameters:
         model = load_with_rope(model_dir, config.rope_theta, config.rope_parameters)
@@ -263,7 +321,73 @@ def cached_reference_logps(pairs: Path, model_dir: Path, compute) -> list[tuple[
     return refs
 
 
-def run_longpo(config: LongpoConfig, model_dir: Path, out: Path) -> dict:
+def synthesize_pairs(options: SynthOptions, model_dir: Path, folder: Path, progress: bool = True) -> Path:
+    """Pairs made by the model in `model_dir` (self-evolution), cached in `folder` under a key of the
+    model's content, the settings and the documents: a rerun or resume does not generate again."""
+    import hashlib
+    import json
+
+    from llamak.errors import LlamakError
+    from llamak.generation import HFGenerator
+    from llamak.lineage import content_hash, file_fingerprint
+    from llamak.train.common import expand_globs
+    from llamak.train.longpo_synth import pick_documents, read_documents, synthesize, write_synthesis
+
+    files = expand_globs(options.documents, "synth.documents")
+    key = hashlib.sha256(json.dumps([content_hash(model_dir), options.model_dump(mode="json"),
+                                     [file_fingerprint(f) for f in files]]).encode()).hexdigest()[:16]
+    summary = folder / "synth.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
+        return folder / "pairs.jsonl"
+    settings = options.settings()
+    documents = pick_documents(read_documents(options.documents), options.max_documents, options.seed)
+    records, stats = synthesize(documents, HFGenerator(model_dir, options.batch_size), settings, progress)
+    if not records:
+        dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"
+        raise LlamakError(f"longpo synth: no pairs from {stats.documents} documents (dropped: {dropped}); "
+                          "try question_source: auto, longer documents or a lower min_distinct_4grams")
+    write_synthesis(records, stats, settings, folder, extra={"key": key})
+    return folder / "pairs.jsonl"
+
+
+def run_longpo(config: LongpoConfig, model_dir: Path, out: Path, progress: bool = True) -> dict:
+    """Synthesise (with `synth:`), probe the input (with `probes:`), train, probe the output."""
+    import functools
+    import os
+    import shutil
+
     from llamak.train.common import run_training
 
-    return run_training("longpo", make_trainer, config, model_dir, out)
+    out = Path(out)
+    main = int(os.environ.get("RANK", "0")) == 0
+    pairs = None
+    if config.synth is not None:
+        folder = Path(str(out) + ".synth")
+        if main:
+            synthesize_pairs(config.synth, model_dir, folder, progress)
+        _wait_for_everyone()
+        pairs = folder / "pairs.jsonl"
+    before = None
+    if config.probes is not None and main:
+        before_dir = Path(str(out) + ".probes") / "before"
+        before = config.probes.run(model_dir, before_dir, progress)
+    metrics = run_training("longpo", functools.partial(make_trainer, pairs=pairs), config, model_dir, out)
+    if pairs is not None and main:
+        shutil.copy(pairs.with_name("synth.json"), out / "synth.json")
+    if config.probes is not None and main:
+        probes_dir = out / "probes"
+        probes_dir.mkdir(exist_ok=True)
+        shutil.move(before_dir, probes_dir / "before")
+        after = config.probes.run(out, probes_dir / "after", progress)
+        metrics["probes"] = {"before": before["accuracy"], "after": after["accuracy"]}
+        shutil.rmtree(before_dir.parent, ignore_errors=True)
+    return metrics
+
+
+def _wait_for_everyone() -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()

@@ -4,10 +4,12 @@ For each long document (ALGORITHMS.md §3.2, at lengths set by parameters):
 1. split it into paragraphs (blank lines; long paragraphs by sentences) and group them greedily into
    chunks of `chunk_tokens` (min, max); the long context x_L is the chunks joined, up to `long_tokens`;
 2. for up to `turns` chunks x_S: ask the model for `questions` numbered questions about x_S
-   (sampled), parse them (malformed output is dropped), pick one at random;
+   (sampled), parse them (malformed output is dropped), pick one at random. Models too small to
+   write questions (the tiny recipe's) can use template questions about terms typical of x_S
+   (`question_source: template`, or `auto`: templates only where the model's output is malformed);
 3. chosen = the model's answer seeing x_S + question; rejected = its answer seeing x_L + question;
-4. drop pairs where an answer refuses, is shorter than `min_answer_chars`, loops (distinct
-   character 4-grams < 0.5), or where both answers are the same.
+4. drop pairs where an answer refuses, is shorter than `min_answer_chars`, loops (share of distinct
+   character 4-grams < `min_distinct_4grams`), or where both answers are the same.
 Prompts follow the document's language (Korean when most letters are Hangul). Output: `pairs.jsonl`
 (one record per document: long context + turns of chunk/question/chosen/rejected) and
 `synth.json` (counts, drops by reason, settings).
@@ -39,6 +41,13 @@ ANCHORS = {
     "en": ["As described in the text above, ", "Based on the document, ", "According to the preceding text, "],
     "ko": ["앞의 글에 따르면, ", "위 문서를 바탕으로 답하세요. ", "앞에서 설명한 내용에 비추어 볼 때, "],
 }
+TEMPLATES = {
+    "en": ["What does the text say about {term}?", "Explain what the document tells us about {term}.",
+           "Summarise the part of the text that concerns {term}."],
+    "ko": ["글에서 {term}에 대해 무엇이라고 하나요?", "문서가 {term}에 관해 알려 주는 내용을 설명하세요.",
+           "글에서 {term}에 관한 부분을 요약하세요."],
+}
+QUESTION_SOURCES = ("model", "template", "auto")
 NUMBERED = re.compile(r"^\s*(\d+)\s*[:.)]\s*(.+?)\s*$")
 
 
@@ -51,6 +60,14 @@ class SynthSettings:
     min_answer_chars: int = 10
     max_new_tokens: int = 128
     seed: int = 0
+    question_source: str = "model"  # model | template | auto (templates where the model's are malformed)
+    min_distinct_4grams: float = 0.5
+
+    def __post_init__(self):
+        if self.question_source not in QUESTION_SOURCES:
+            from llamak.errors import LlamakError
+
+            raise LlamakError(f"question_source {self.question_source!r}: expected one of {', '.join(QUESTION_SOURCES)}")
 
 
 @dataclass
@@ -58,6 +75,7 @@ class SynthStats:
     documents: int = 0
     records: int = 0
     pairs: int = 0
+    template_questions: int = 0  # turns whose question came from a template
     dropped: Counter = field(default_factory=Counter)
 
 
@@ -102,12 +120,41 @@ def parse_questions(output: str, n: int) -> list[str] | None:
     return [found[i] for i in range(1, n + 1)] if len(found) == n else None
 
 
-def answer_problem(answer: str, min_chars: int) -> str | None:
+def terms(text: str, lang: str) -> list[str]:
+    """Content words of a text: Kiwi nouns for Korean, words of 4+ letters minus function words for English."""
+    if lang == "ko":
+        from llamak.data.korean import kiwi
+
+        return [t.form for t in kiwi().tokenize(text) if t.tag in ("NNG", "NNP") and len(t.form) >= 2]
+    return [w for w in re.findall(r"[A-Za-z][A-Za-z-]{3,}", text) if w.lower() not in FUNCTION_WORDS]
+
+
+FUNCTION_WORDS = set("""about after also been before being between both could does during each from have into more most
+other over same some such than that their them then there these they this those through under until very were what when
+where which while with would your""".split())
+
+
+def template_questions(chunk: str, long_context: str, lang: str, n: int) -> list[str]:
+    """Questions about the n terms most typical of `chunk` (count in the chunk / count in the long
+    context): answerable from x_S, and pointing at the place in x_L where the answer is."""
+    in_chunk, in_long = Counter(terms(chunk, lang)), Counter(terms(long_context, lang))
+    ranked = sorted(in_chunk, key=lambda t: (-in_chunk[t] / max(in_long[t], 1), -in_chunk[t], t))
+    return [TEMPLATES[lang][i % len(TEMPLATES[lang])].format(term=term) for i, term in enumerate(ranked[:n])]
+
+
+def anchored(anchor: str, question: str) -> str:
+    """"Based on the document, " + "What …" → "…, what …" (a capital only where a sentence starts)."""
+    if anchor.endswith(", ") and question[:1].isupper() and question[1:2].islower():
+        question = question[0].lower() + question[1:]
+    return anchor + question
+
+
+def answer_problem(answer: str, min_chars: int, min_distinct: float = 0.5) -> str | None:
     if is_refusal(answer):
         return "refusal"
     if len(answer.strip()) < min_chars:
         return "too_short"
-    if distinct_ngram_share(answer) < 0.5:
+    if distinct_ngram_share(answer) < min_distinct:
         return "repetitive"
     return None
 
@@ -132,16 +179,21 @@ def synthesize(documents: list[str], generator, settings: SynthSettings = SynthS
         lang = language(text)
         plans.append((d, lang, "\n\n\n".join(used), rng.sample(used, min(settings.turns, len(used)))))
 
-    asks = [[{"role": "user", "content": QUESTION_PROMPT[lang].format(chunk=c, n=settings.questions)}] for _, lang, _, cs in plans for c in cs]
-    outputs = iter(generator.generate(asks, Sampling(settings.max_new_tokens, 0.7, 0.9, settings.seed), desc="questions", progress=progress))
+    outputs = iter([])
+    if settings.question_source != "template":
+        asks = [[{"role": "user", "content": QUESTION_PROMPT[lang].format(chunk=c, n=settings.questions)}] for _, lang, _, cs in plans for c in cs]
+        outputs = iter(generator.generate(asks, Sampling(settings.max_new_tokens, 0.7, 0.9, settings.seed), desc="questions", progress=progress))
     turns = []  # (plan index, chunk, question)
-    for p, (_, lang, _, cs) in enumerate(plans):
+    for p, (_, lang, long_context, cs) in enumerate(plans):
         for c in cs:
-            questions = parse_questions(next(outputs), settings.questions)
+            questions = None if settings.question_source == "template" else parse_questions(next(outputs), settings.questions)
+            if questions is None and settings.question_source != "model":
+                questions = template_questions(c, long_context, lang, settings.questions) or None
+                stats.template_questions += questions is not None
             if questions is None:
                 stats.dropped["malformed_questions"] += 1
                 continue
-            turns.append((p, c, rng.choice(ANCHORS[lang]) + rng.choice(questions)))
+            turns.append((p, c, anchored(rng.choice(ANCHORS[lang]), rng.choice(questions))))
 
     def ask(context: str, question: str, lang: str) -> list[dict]:
         return [{"role": "user", "content": ANSWER_PROMPT[lang].format(context=context, question=question)}]
@@ -151,7 +203,8 @@ def synthesize(documents: list[str], generator, settings: SynthSettings = SynthS
     rejected = generator.generate([ask(plans[p][2], q, plans[p][1]) for p, c, q in turns], sampling, desc="long answers", progress=progress)
     by_plan: dict[int, list[dict]] = {}
     for (p, c, q), yw, yl in zip(turns, chosen, rejected):
-        problem = answer_problem(yw, settings.min_answer_chars) or answer_problem(yl, settings.min_answer_chars)
+        problem = (answer_problem(yw, settings.min_answer_chars, settings.min_distinct_4grams)
+                   or answer_problem(yl, settings.min_answer_chars, settings.min_distinct_4grams))
         if problem is None and yw.strip() == yl.strip():
             problem = "identical"
         if problem:
@@ -176,11 +229,19 @@ def read_documents(patterns: list[str]) -> list[str]:
     return docs
 
 
-def write_synthesis(records: list[dict], stats: SynthStats, settings: SynthSettings, out: Path) -> None:
+def pick_documents(docs: list[str], limit: int | None, seed: int = 0) -> list[str]:
+    """At most `limit` documents, a seeded sample in their original order (quick or toy runs)."""
+    if limit is None or len(docs) <= limit:
+        return docs
+    keep = sorted(random.Random(seed).sample(range(len(docs)), limit))
+    return [docs[i] for i in keep]
+
+
+def write_synthesis(records: list[dict], stats: SynthStats, settings: SynthSettings, out: Path, extra: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    summary = {"documents": stats.documents, "records": stats.records, "pairs": stats.pairs,
-               "dropped": dict(stats.dropped), "settings": {k: v for k, v in vars(settings).items()}}
+    summary = {"documents": stats.documents, "records": stats.records, "pairs": stats.pairs, "template_questions": stats.template_questions,
+               "dropped": dict(stats.dropped), "settings": {k: v for k, v in vars(settings).items()}, **(extra or {})}
     (out / "synth.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
