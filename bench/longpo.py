@@ -7,7 +7,7 @@
 2. Self-synthesis (`llamak longpo synth`'s code): the model writes questions about chunks of
    c/4…c tokens of the bundled long documents and answers them from the chunk (chosen) and from a
    long context of up to 4c tokens (rejected). English documents are data/longpo/general_en.jsonl
-   joined two by two (each ~4.5K SmolLM2 tokens); `--langs ko,en` adds data/ko/kobill.jsonl.
+   joined three by three (each ~7K SmolLM2 tokens); `--langs ko,en` adds data/ko/kobill.jsonl.
 3. LongPO training on those pairs (the stage's code: `run_longpo`), full or `--lora`.
 4. The same probes and perplexity — after. Prints a table, writes bench/out/longpo/result.json
    and the heat maps. Goal (issue 7): accuracy up at 2–4×c, perplexity change ≤ 2 %.
@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def long_documents(folder: Path, langs: list[str]) -> list[str]:
-    """The bundled long documents as one JSONL (English domain articles joined two by two)."""
+    """The bundled long documents as one JSONL (English domain articles joined three by three)."""
     english = [json.loads(line)["text"] for line in (ROOT / "data/longpo/general_en.jsonl").read_text().splitlines()]
-    docs = [f"{a}\n\n{b}" for a, b in zip(english, english[1:] + english[:1])] if "en" in langs else []
+    docs = ["\n\n".join(english[(i + k) % len(english)] for k in range(3)) for i in range(len(english))] if "en" in langs else []
     if "ko" in langs:
         docs += [json.loads(line)["text"] for line in (ROOT / "data/ko/kobill.jsonl").read_text().splitlines()]
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def by_length(result: dict) -> dict[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="zoo:smollm2-135m-instruct")
-    ap.add_argument("--comfortable", type=int, default=512, help="context (tokens) the model handles well; probes at 1-4x")
+    ap.add_argument("--comfortable", type=int, default=2048, help="context (tokens) the model handles well; probes at 1-4x")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--learning-rate", type=float, default=1e-5)
     ap.add_argument("--lora", action="store_true", help="train LoRA adapters instead of all weights")

@@ -269,6 +269,7 @@ def eval_(
     samples: Annotated[int, typer.Option("--samples", help="long: probes per task, language, length and depth.")] = 2,
     lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer (room to restate the question before the number).")] = 64,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for long.json and long_heatmap.png.", show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -292,7 +293,7 @@ def eval_(
     if not depth_list or not all(0 <= d <= 1 for d in depth_list):
         raise LlamakError(f"--depths {depths!r}: every depth must be within [0, 1]")
     generator = HFGenerator(model_path(model, "model"), batch_size=batch_size)
-    results = run_long_suite(generator, length_list, depth_list, samples, langs, out_dir=out, progress=not quiet)
+    results = run_long_suite(generator, length_list, depth_list, samples, langs, out_dir=out, progress=not quiet, max_new_tokens=max_new_tokens)
     typer.echo(f"long: accuracy {results['accuracy']:.3f} over {sum(c['samples'] for c in results['cells'])} probes")
     for task in sorted({c["task"] for c in results["cells"]}):
         for lg in langs:

@@ -97,13 +97,15 @@ def score(output: str, answer: str) -> float:
 
 
 def run_long_suite(generator, lengths: list[int], depths: list[float], samples: int = 2, langs=("ko", "en"),
-                   tasks=TASKS, out_dir: Path | None = None, seed: int = 0, progress: bool = True) -> dict:
+                   tasks=TASKS, out_dir: Path | None = None, seed: int = 0, progress: bool = True, max_new_tokens: int = 64) -> dict:
     """Generate the probes, ask `generator` (an `HFGenerator` or anything with `count_tokens` and
-    `generate`), score, and write `long.json` + `long_heatmap.png` into `out_dir`."""
+    `generate`), score, and write `long.json` + `long_heatmap.png` into `out_dir`. `max_new_tokens`
+    leaves room for answers that restate the question before the number (digits are often one
+    token each); RULER generates up to 128."""
     from llamak.generation import Sampling
 
     probes = make_probes(lengths, depths, samples, list(langs), list(tasks), generator.count_tokens, seed)
-    outputs = generator.generate([p.prompt for p in probes], Sampling(max_new_tokens=16), desc="long probes", progress=progress)
+    outputs = generator.generate([p.prompt for p in probes], Sampling(max_new_tokens=max_new_tokens), desc="long probes", progress=progress)
     cells: dict[tuple, list[float]] = {}
     for probe, output in zip(probes, outputs):
         cells.setdefault((probe.task, probe.lang, probe.length, probe.depth), []).append(score(output, probe.answer))

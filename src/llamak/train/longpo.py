@@ -178,6 +178,7 @@ class ProbeOptions(BaseModel):
     samples: int = Field(2, gt=0)
     langs: list[Literal["ko", "en"]] = ["ko", "en"]
     tasks: list[Literal["niah", "multikey"]] = ["niah", "multikey"]
+    max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(8, gt=0)
     seed: int = 0
 
@@ -186,7 +187,7 @@ class ProbeOptions(BaseModel):
         from llamak.generation import HFGenerator
 
         generator = HFGenerator(model_dir, batch_size=self.batch_size)
-        return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress)
+        return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress, self.max_new_tokens)
 
 
 class LongpoConfig(TrainSettings):
