@@ -68,6 +68,16 @@ def test_eval_cli_on_a_tiny_model(tiny_llama, llama3_pair, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "long.json").read_text())
     assert len(results["cells"]) == 4 and "long: accuracy" in result.stdout
-    for args, needle in [(["--depths", "0,2"], "within [0, 1]"), (["--suite", "kmmlu"], "unknown suite"), (["--lang", "fr"], "expected ko, en")]:
+    for args, needle in [(["--depths", "0,2"], "within [0, 1]"), (["--suite", "kmmlu"], "unknown suite"), (["--lang", "fr"], "expected ko, en"),
+                         (["--engine", "vllm"], "needs the vllm package"), (["--engine", "tgi"], "expected one of auto, hf, vllm")]:
         bad = subprocess.run([*LLAMAK, "eval", str(base), *args], capture_output=True, text=True)
         assert bad.returncode == 2 and needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_auto_engine_is_transformers_without_vllm_and_a_gpu(llama3_pair):
+    from llamak.generation import HFGenerator, make_generator, vllm_available
+
+    if vllm_available():
+        pytest.skip("vLLM and a GPU are present: auto picks vLLM")
+    generator = make_generator(llama3_pair[0], "auto", batch_size=2)
+    assert isinstance(generator, HFGenerator) and generator.model.device.type == "cpu"

@@ -237,12 +237,13 @@ def longpo_synth(
     questions_from: Annotated[str, typer.Option("--questions-from", help="model: the model writes them; template: questions about terms typical of the chunk (for models too small to write questions); auto: templates where the model's are malformed.")] = "model",
     max_documents: Annotated[Optional[int], typer.Option("--max-documents", help="Use a seeded sample of this many documents.", show_default=False)] = None,
     min_distinct: Annotated[float, typer.Option("--min-distinct", help="Drop answers whose share of distinct character 4-grams is below this (loops).")] = 0.5,
+    engine: Annotated[str, typer.Option("--engine", help="Generation engine: hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Make LongPO pairs with the model itself: chosen = its answer from a short chunk, rejected = from the whole document."""
-    from llamak.generation import HFGenerator
+    from llamak.generation import make_generator
     from llamak.train.longpo_synth import SynthSettings, pick_documents, read_documents, synthesize, write_synthesis
 
     low, high = (parse_int_list(chunk_tokens, "--chunk-tokens") + [0, 0])[:2]
@@ -251,7 +252,7 @@ def longpo_synth(
     settings = SynthSettings((low, high), long_tokens, turns, questions, max_new_tokens=max_new_tokens, seed=seed,
                              question_source=questions_from, min_distinct_4grams=min_distinct)
     docs = pick_documents(read_documents(documents), max_documents, seed)
-    records, stats = synthesize(docs, HFGenerator(model_path(model, "--model"), batch_size=batch_size), settings, progress=not quiet)
+    records, stats = synthesize(docs, make_generator(model_path(model, "--model"), engine, batch_size), settings, progress=not quiet)
     write_synthesis(records, stats, settings, out)
     dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"
     typer.echo(f"longpo synth: {stats.documents} documents → {stats.records} records, {stats.pairs} pairs (dropped: {dropped}): {out}")
@@ -268,6 +269,7 @@ def eval_(
     depths: Annotated[str, typer.Option("--depths", help="long: needle depths (0 = start, 1 = end), comma-separated.")] = "0,0.25,0.5,0.75,1",
     samples: Annotated[int, typer.Option("--samples", help="long: probes per task, language, length and depth.")] = 2,
     lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
+    engine: Annotated[str, typer.Option("--engine", help="Generation engine: hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer (room to restate the question before the number).")] = 64,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for long.json and long_heatmap.png.", show_default=False)] = None,
@@ -275,7 +277,7 @@ def eval_(
 ) -> None:
     """Evaluate a model; `long`: RULER-style retrieval probes at chosen lengths and depths (exact match)."""
     from llamak.evaluate.long import run_long_suite
-    from llamak.generation import HFGenerator
+    from llamak.generation import make_generator
 
     unknown = [s for s in suite if s not in EVAL_SUITES]
     if unknown:
@@ -292,7 +294,7 @@ def eval_(
         raise LlamakError(f"--lengths {lengths!r}: expected token counts of at least 64")
     if not depth_list or not all(0 <= d <= 1 for d in depth_list):
         raise LlamakError(f"--depths {depths!r}: every depth must be within [0, 1]")
-    generator = HFGenerator(model_path(model, "model"), batch_size=batch_size)
+    generator = make_generator(model_path(model, "model"), engine, batch_size)
     results = run_long_suite(generator, length_list, depth_list, samples, langs, out_dir=out, progress=not quiet, max_new_tokens=max_new_tokens)
     typer.echo(f"long: accuracy {results['accuracy']:.3f} over {sum(c['samples'] for c in results['cells'])} probes")
     for task in sorted({c["task"] for c in results["cells"]}):

@@ -1,8 +1,11 @@
 """One generation interface for everything that makes a model write (probes, LongPO synthesis, …).
 
 `HFGenerator` batches prompts through transformers' `generate` (left padding, longest prompts first
-so a batch wastes little padding) with a progress bar. Prompts are chat messages — rendered with
-the model's chat template — or plain strings. A vLLM engine can implement the same `generate`.
+so a batch wastes little padding) with a progress bar. `VLLMGenerator` does the same on vLLM
+(continuous batching, paged attention: the engine for long contexts and 70B on GPUs; optional, it
+does not install on CPU-only machines). Prompts are chat messages — rendered with the model's chat
+template — or plain strings. `make_generator(model, engine)` picks one: `auto` is vLLM when it is
+installed and a GPU is present, else transformers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+
+
+ENGINES = ("auto", "hf", "vllm")
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def make_generator(model_dir: str | Path, engine: str = "auto", batch_size: int = 8):
+    from llamak.errors import LlamakError
+
+    if engine not in ENGINES:
+        raise LlamakError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "vllm" and not vllm_available():
+        raise LlamakError("engine vllm: needs the vllm package and a CUDA GPU (pip install vllm); use engine hf")
+    if engine == "vllm" or (engine == "auto" and vllm_available()):
+        return VLLMGenerator(model_dir)
+    return HFGenerator(model_dir, batch_size=batch_size)
 
 
 class HFGenerator:
@@ -62,3 +86,26 @@ class HFGenerator:
             bar.update(len(batch))
         bar.close()
         return out
+
+
+class VLLMGenerator:
+    """The same interface on vLLM. All prompts go to the engine at once: its scheduler batches them
+    (continuous batching), so there is no batch size. Greedy when temperature is 0, as in HF."""
+
+    def __init__(self, model_dir: str | Path, max_model_len: int | None = None, gpu_memory_utilization: float = 0.85):
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.llm = LLM(model=str(model_dir), dtype="bfloat16", max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+
+    render = HFGenerator.render
+    count_tokens = HFGenerator.count_tokens
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling = Sampling(), desc: str = "generate", progress: bool = True) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=max(sampling.temperature, 0.0),
+                                top_p=sampling.top_p if sampling.temperature > 0 else 1.0, seed=sampling.seed)
+        outputs = self.llm.generate([self.render(p) for p in prompts], params, use_tqdm=progress)
+        return [o.outputs[0].text for o in outputs]

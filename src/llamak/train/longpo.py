@@ -160,13 +160,14 @@ class SynthOptions(BaseModel):
     min_answer_chars: int = Field(10, ge=0)
     min_distinct_4grams: float = Field(0.5, ge=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(8, gt=0)
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    batch_size: int = Field(8, gt=0)  # hf engine
     seed: int = 0
 
     def settings(self):
         from llamak.train.longpo_synth import SynthSettings
 
-        return SynthSettings(**self.model_dump(exclude={"documents", "max_documents", "batch_size"}))
+        return SynthSettings(**self.model_dump(exclude={"documents", "max_documents", "engine", "batch_size"}))
 
 
 class ProbeOptions(BaseModel):
@@ -179,14 +180,15 @@ class ProbeOptions(BaseModel):
     langs: list[Literal["ko", "en"]] = ["ko", "en"]
     tasks: list[Literal["niah", "multikey"]] = ["niah", "multikey"]
     max_new_tokens: int = Field(64, gt=0)
-    batch_size: int = Field(8, gt=0)
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    batch_size: int = Field(8, gt=0)  # hf engine
     seed: int = 0
 
     def run(self, model_dir: Path, out_dir: Path, progress: bool = True) -> dict:
         from llamak.evaluate.long import run_long_suite
-        from llamak.generation import HFGenerator
+        from llamak.generation import make_generator
 
-        generator = HFGenerator(model_dir, batch_size=self.batch_size)
+        generator = make_generator(model_dir, self.engine, self.batch_size)
         return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress, self.max_new_tokens)
 
 
@@ -329,7 +331,7 @@ def synthesize_pairs(options: SynthOptions, model_dir: Path, folder: Path, progr
     import json
 
     from llamak.errors import LlamakError
-    from llamak.generation import HFGenerator
+    from llamak.generation import make_generator
     from llamak.lineage import content_hash, file_fingerprint
     from llamak.train.common import expand_globs
     from llamak.train.longpo_synth import pick_documents, read_documents, synthesize, write_synthesis
@@ -342,7 +344,7 @@ def synthesize_pairs(options: SynthOptions, model_dir: Path, folder: Path, progr
         return folder / "pairs.jsonl"
     settings = options.settings()
     documents = pick_documents(read_documents(options.documents), options.max_documents, options.seed)
-    records, stats = synthesize(documents, HFGenerator(model_dir, options.batch_size), settings, progress)
+    records, stats = synthesize(documents, make_generator(model_dir, options.engine, options.batch_size), settings, progress)
     if not records:
         dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"
         raise LlamakError(f"longpo synth: no pairs from {stats.documents} documents (dropped: {dropped}); "
