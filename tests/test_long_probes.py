@@ -67,7 +67,7 @@ def test_eval_cli_on_a_tiny_model(tiny_llama, llama3_pair, tmp_path):
                              "--lang", "ko", "--out", str(tmp_path), "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "long.json").read_text())
-    assert len(results["cells"]) == 4 and "long: accuracy" in result.stdout
+    assert len(results["cells"]) == 4 and "long       accuracy" in result.stdout
     for args, needle in [(["--depths", "0,2"], "within [0, 1]"), (["--suite", "kmmlu"], "unknown suite"), (["--lang", "fr"], "expected ko, en"),
                          (["--engine", "vllm"], "needs the vllm package"), (["--engine", "tgi"], "expected one of auto, hf, vllm")]:
         bad = subprocess.run([*LLAMAK, "eval", str(base), *args], capture_output=True, text=True)

@@ -258,30 +258,27 @@ def longpo_synth(
     typer.echo(f"longpo synth: {stats.documents} documents → {stats.records} records, {stats.pairs} pairs (dropped: {dropped}): {out}")
 
 
-EVAL_SUITES = ("long",)
-
-
-@app.command("eval", epilog="Example:\n\n    llamak eval runs/tiny-ko/merge --suite long --lengths 256,512 --depths 0,0.5,1 --out runs/tiny-ko/eval")
+@app.command("eval", epilog="Examples:\n\n    llamak eval runs/tiny-ko/merge --suite ko-mini --suite en-mini --out runs/tiny-ko/eval\n\n"
+             "    llamak eval runs/tiny-ko/merge --suite long --lengths 256,512 --depths 0,0.5,1\n\n"
+             "    llamak eval meta-llama/Llama-3.1-8B --suite ko-core --suite en-retention --limit 200 --engine vllm")
 def eval_(
     model: ModelArg,
-    suite: Annotated[list[str], typer.Option("--suite", help="Suite to run (repeatable): long = needle-in-a-haystack and multi-key retrieval probes, Korean and English.")] = ["long"],  # noqa: B006
+    suite: Annotated[list[str], typer.Option("--suite", help="Suite to run (repeatable): ko-mini, en-mini (offline, shipped), long (retrieval probes), safety (refusals, bias), ko-core, en-retention (lm-eval's public tasks; need the hub or local copies).")] = ["ko-mini", "en-mini"],  # noqa: B006
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task (safety: per language and harmful/benign).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", help="hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 1234,
     lengths: Annotated[str, typer.Option("--lengths", help="long: haystack lengths in tokens, comma-separated.")] = "512,1024,2048",
     depths: Annotated[str, typer.Option("--depths", help="long: needle depths (0 = start, 1 = end), comma-separated.")] = "0,0.25,0.5,0.75,1",
     samples: Annotated[int, typer.Option("--samples", help="long: probes per task, language, length and depth.")] = 2,
-    lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
-    engine: Annotated[str, typer.Option("--engine", help="Generation engine: hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest answer (room to restate the question before the number).")] = 64,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for long.json and long_heatmap.png.", show_default=False)] = None,
+    lang: Annotated[str, typer.Option("--lang", help="long: languages, comma-separated: ko, en.")] = "ko,en",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts or items run together.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="long: longest answer (room to restate the question before the number).")] = 64,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for eval.json (every suite) and the suites' own files (long.json, long_heatmap.png, safety.json).", show_default=False)] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate a model; `long`: RULER-style retrieval probes at chosen lengths and depths (exact match)."""
-    from llamak.evaluate.long import run_long_suite
-    from llamak.generation import make_generator
+    """Evaluate a model on suites (lm-eval for the benchmark suites, llamak for long-context probes and safety); one score per suite."""
+    from llamak.evaluate.runner import EvalSettings, evaluate_model, summary_lines
 
-    unknown = [s for s in suite if s not in EVAL_SUITES]
-    if unknown:
-        raise LlamakError(f"--suite {unknown[0]}: unknown suite (available now: {', '.join(EVAL_SUITES)})")
     langs = [x.strip() for x in lang.split(",") if x.strip()]
     if not langs or set(langs) - {"ko", "en"}:
         raise LlamakError(f"--lang {lang!r}: expected ko, en or ko,en")
@@ -294,16 +291,22 @@ def eval_(
         raise LlamakError(f"--lengths {lengths!r}: expected token counts of at least 64")
     if not depth_list or not all(0 <= d <= 1 for d in depth_list):
         raise LlamakError(f"--depths {depths!r}: every depth must be within [0, 1]")
-    generator = make_generator(model_path(model, "model"), engine, batch_size)
-    results = run_long_suite(generator, length_list, depth_list, samples, langs, out_dir=out, progress=not quiet, max_new_tokens=max_new_tokens)
-    typer.echo(f"long: accuracy {results['accuracy']:.3f} over {sum(c['samples'] for c in results['cells'])} probes")
-    for task in sorted({c["task"] for c in results["cells"]}):
-        for lg in langs:
-            row = [c for c in results["cells"] if c["task"] == task and c["lang"] == lg]
-            by_length = {n: sum(c["accuracy"] for c in row if c["length"] == n) / len(depth_list) for n in length_list}
-            typer.echo(f"  {task:<9}{lg:<4}" + "  ".join(f"{n}: {a:.2f}" for n, a in by_length.items()))
+    if limit is not None and limit < 1:
+        raise LlamakError(f"--limit {limit}: expected a positive number of items")
+    settings = EvalSettings(limit=limit, engine=engine, batch_size=batch_size, seed=seed, lengths=length_list, depths=depth_list,
+                            samples=samples, langs=langs, max_new_tokens=max_new_tokens)
+    results = evaluate_model(model_path(model, "model"), suite, settings, out, progress=not quiet)
+    for line in summary_lines(results):
+        typer.echo(line)
+    if "long" in results:
+        cells = results["long"]["cells"]
+        for task in sorted({c["task"] for c in cells}):
+            for lg in langs:
+                row = [c for c in cells if c["task"] == task and c["lang"] == lg]
+                by_length = {n: sum(c["accuracy"] for c in row if c["length"] == n) / len(depth_list) for n in length_list}
+                typer.echo(f"  {task:<9}{lg:<4}" + "  ".join(f"{n}: {a:.2f}" for n, a in by_length.items()))
     if out:
-        typer.echo(f"wrote {out / 'long.json'} and {out / 'long_heatmap.png'}")
+        typer.echo(f"wrote {out / 'eval.json'}")
 
 
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")

@@ -36,6 +36,7 @@ from typing import Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llamak.energy import track_energy
 from llamak.errors import LlamakError
 from llamak.lineage import content_hash, file_fingerprint
 
@@ -139,6 +140,54 @@ class DataStage(StageFields):
         from llamak.data.clean import input_files
 
         return input_files(self.inputs, "data.inputs")
+
+
+def _eval_stage():
+    from llamak.evaluate.harness import suite
+    from llamak.evaluate.runner import EvalSettings
+
+    class EvalStage(StageFields, EvalSettings):
+        """Evaluate `models` (default: base and the stage's input) on `suites`; compare them."""
+
+        suites: list[str] = Field(["ko-mini", "en-mini"], min_length=1)
+        models: list[str] | None = None
+
+        @field_validator("suites")
+        @classmethod
+        def _known(cls, names):
+            for name in names:
+                try:
+                    suite(name)
+                except LlamakError as e:
+                    raise ValueError(str(e).removeprefix("--suite ")) from None
+            return names
+
+        def model_list(self) -> list[str]:
+            return self.models or ["base", self.model or "input"]
+
+    return EvalStage
+
+
+def _run_eval(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
+    """Each model's suites into OUT/<model>/, and the comparison (scores and deltas vs the first model)."""
+    import shutil
+
+    from llamak.evaluate.runner import EvalSettings, compare, evaluate_model
+
+    settings = EvalSettings(**{k: getattr(cfg, k) for k in EvalSettings.model_fields})
+    tmp = Path(str(out) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    results = {}
+    for ref in cfg.model_list():
+        path = model if ref == "input" else ctx.resolve(ref, f"eval model {ref}")
+        name = ref if ref != "input" else (model.name if model.parent == ctx.run_dir else "input")
+        log.info("  eval %s (%s): %s", name, path, ", ".join(cfg.suites))
+        results[name] = evaluate_model(path, cfg.suites, settings, tmp / name)
+    comparison = compare(results)
+    (tmp / "comparison.json").write_text(json.dumps(comparison, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return comparison
 
 
 def _cpt_stage():
@@ -299,6 +348,7 @@ STAGES: dict[str, StageType] = {
     "dpo": StageType(_dpo_stage, _run_dpo, trains=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
     "grpo": StageType(_grpo_stage, _run_grpo, trains=True),
     "longpo": StageType(_longpo_stage, _run_longpo, trains=True),
+    "eval": StageType(_eval_stage, _run_eval, makes_model=False, refs=lambda c: [("models", r) for r in c.model_list() if r != "input"]),
 }
 
 
@@ -318,6 +368,8 @@ class Recipe(BaseModel):
     base: str
     instruct: str | None = None
     sample: list[str] = ["대한민국의 수도는 어디인가요?", "Summarise in one sentence: Seoul is the capital of South Korea."]
+    energy: bool = True  # kWh and CO₂ of every stage (codecarbon's offline tracker)
+    energy_country: str = Field("KOR", pattern=r"^[A-Z]{3}$")  # ISO 3166 alpha-3: the grid's carbon intensity
     stages: list[dict] = Field(min_length=1)
 
 
@@ -552,8 +604,9 @@ def run_recipe(
         model = ctx.resolve(input_ref, f"stage {stage.name}: model")
         started = time.time()
         metrics = {}
-        if STAGES[stage.type].trains or procs.is_main:
-            metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
+        with track_energy(recipe.energy_country, enabled=recipe.energy and procs.is_main) as energy:
+            if STAGES[stage.type].trains or procs.is_main:
+                metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
         procs.barrier()
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
         keys[stage.name] = f"{h}:{finished}"
@@ -566,6 +619,7 @@ def run_recipe(
             "seconds": round(time.time() - started, 2),
             "finished": finished,
             "metrics": metrics,
+            "energy": energy or None,  # this process's share on a multi-process run
         }
         if procs.is_main:
             write_manifest(run_dir, manifest)

@@ -163,6 +163,68 @@ def data_table(stages: dict) -> str:
     return "<h2>Data</h2><table>" + head + "".join(rows) + "</table>"
 
 
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def eval_section(order: list[str], stages: dict) -> str:
+    """Per eval stage: metrics × models with the difference from the first model, and a chart of
+    the suite scores ("Korean gain and English retention at a glance")."""
+    import matplotlib.pyplot as plt
+
+    parts = []
+    for name in order:
+        stage = stages.get(name, {})
+        comparison = stage.get("metrics", {})
+        if stage.get("type") != "eval" or "scores" not in comparison:
+            continue
+        models, baseline = comparison["models"], comparison["baseline"]
+        head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models) + "</tr>"
+        rows = []
+        for metric, row in comparison["scores"].items():
+            cells = []
+            for m in models:
+                delta = comparison["delta"][metric].get(m)
+                shown = _fmt(row.get(m)) + (f" <small>({delta:+.3f})</small>" if m != baseline and delta is not None else "")
+                cells.append(f"<td>{shown}</td>")
+            style = "" if "/" in metric else " style='font-weight:bold'"
+            rows.append(f"<tr{style}><td>{html.escape(metric)}</td>{''.join(cells)}</tr>")
+        suites = [m for m in comparison["scores"] if "/" not in m]
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(suites) * max(1, len(models)) / 2, 3))
+        width = 0.8 / len(models)
+        for i, m in enumerate(models):
+            ax.bar([j + i * width for j in range(len(suites))], [comparison["scores"][s].get(m) or 0 for s in suites], width, label=m)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(suites))], suites)
+        ax.set_ylabel("score")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        parts.append(f"<h3>{html.escape(name)} (differences from {html.escape(baseline)})</h3><table>{head}{''.join(rows)}</table>{_png(fig)}")
+    return "<h2>Evaluation</h2>" + "".join(parts) if parts else ""
+
+
+def energy_section(order: list[str], stages: dict) -> str:
+    """kWh and CO₂ per stage (codecarbon, offline), and what surgery costs next to training."""
+    measured = {n: stages[n]["energy"] for n in order if stages.get(n, {}).get("energy")}
+    if not measured:
+        return ""
+    head = "<tr><th>stage</th><th>type</th><th>seconds</th><th>kWh</th><th>CO₂ (g)</th><th>CPU / GPU / RAM (W)</th></tr>"
+    rows = [f"<tr><td>{html.escape(n)}</td><td>{stages[n]['type']}</td><td>{e['seconds']:.0f}</td><td>{e['kwh']:.3g}</td>"
+            f"<td>{1000 * e['co2_kg']:.3g}</td><td>{e['cpu_w']:.0f} / {e['gpu_w']:.0f} / {e['ram_w']:.0f}</td></tr>" for n, e in measured.items()]
+    notes = []
+    training = {n: e["kwh"] for n, e in measured.items() if stages[n]["type"] in ("cpt", "sft", "dpo", "grpo", "longpo")}
+    if training:
+        biggest = max(training, key=training.get)
+        for n, e in measured.items():
+            if stages[n]["type"] in ("merge", "chat_vector", "expand") and training[biggest] > 0:
+                notes.append(f"{html.escape(n)} used {100 * e['kwh'] / training[biggest]:.2g}% of the energy of {html.escape(biggest)}")
+    hardware = next(iter(measured.values()))["hardware"]
+    total = sum(e["kwh"] for e in measured.values())
+    chart = bar_plot({n: e["kwh"] for n, e in measured.items()}, "energy per stage", "kWh")
+    return (f"<h2>Energy</h2><p>codecarbon's offline tracker, grid of {html.escape(next(iter(measured.values()))['country'])}; "
+            f"{html.escape(hardware)}; total {total:.3g} kWh. " + "; ".join(notes) + "</p>"
+            f"<table>{head}{''.join(rows)}</table>{chart or ''}")
+
+
 def probes_section(run_dir: Path, order: list[str], stages: dict) -> str:
     """Per stage with `probes` metrics: accuracy before → after and both depth × length heat maps."""
     parts = []
@@ -192,7 +254,9 @@ def write_report(run_dir: Path) -> Path:
                 "<h2>Stages</h2>", stage_table(order, stages),
                 data_table(stages),
                 "<h2>Lineage</h2>", lineage_svg(order, stages),
-                probes_section(run_dir, order, stages)]
+                probes_section(run_dir, order, stages),
+                eval_section(order, stages),
+                energy_section(order, stages)]
     plots = [
         ("Training loss", loss_plot(stages)),
         ("Preference and RL signals", alignment_plot(stages)),
