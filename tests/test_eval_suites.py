@@ -115,7 +115,8 @@ def test_eval_stage_compares_models_and_the_report_shows_it(llama3_pair, tmp_pat
     recipe = {"name": "ev", "base": str(llama3_pair[0]), "instruct": str(llama3_pair[1]),
               "stages": [{"chat_vector": {"ratio": 1.0}},
                          {"eval": {"suites": ["ko-mini", "long"], "models": ["base", "chat_vector"], "limit": 3,
-                                   "lengths": [96], "depths": [0.0], "samples": 1, "langs": ["en"], "max_new_tokens": 8}}]}
+                                   "lengths": [96], "depths": [0.0], "samples": 1, "langs": ["en"], "max_new_tokens": 8}},
+                         {"card": {"license": "llama3.1"}}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     manifest = run_recipe(tmp_path / "r.yaml", tmp_path / "runs", sample=False)
     comparison = manifest["stages"]["eval"]["metrics"]
@@ -129,9 +130,42 @@ def test_eval_stage_compares_models_and_the_report_shows_it(llama3_pair, tmp_pat
         assert energy["kwh"] > 0 and energy["tracker"] == "OfflineEmissionsTracker"
     report = (tmp_path / "runs/ev/report.html").read_text()
     assert "<h2>Evaluation</h2>" in report and "<h2>Energy</h2>" in report and "ko-mini/llamak_ko_mini_mc" in report
+    check_card(tmp_path / "runs/ev/MODEL_CARD.md", comparison, manifest, tmp_path / "runs/ev/chat_vector")
     bad = dict(recipe, stages=[{"eval": {"suites": ["kmmlu-typo"]}}])
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     from llamak.errors import LlamakError
 
     with pytest.raises(LlamakError, match="suites"):
         run_recipe(tmp_path / "bad.yaml", tmp_path / "runs", sample=False)
+
+
+def check_card(path, comparison, manifest, final_model):
+    """Every section in both languages, and the run's real numbers."""
+    import re
+
+    import yaml
+
+    from llamak.card import T, parameter_count
+
+    text = path.read_text(encoding="utf-8")
+    front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "llama3.1" and meta["language"] == ["ko", "en"] and meta["pipeline_tag"] == "text-generation"
+    headings = set(re.findall(r"^#+ (.+)$", body, flags=re.M))
+    for lang in ("ko", "en"):
+        for key in ("overview", "uses", "primary", "intended", "out_of_scope", "type_arch", "model_type", "architecture", "stages",
+                    "size", "data", "eval", "energy", "ethics", "ethics_sub", "mitigation", "limits"):
+            assert T[lang][key] in headings, (lang, key)
+    assert f"{parameter_count(final_model):,}" in body
+    rows = {line.split("|")[1].strip(): line for line in body.splitlines() if line.startswith("| ko-mini")}
+    base_score = comparison["scores"]["ko-mini"]["base"]
+    assert f"{base_score:.3f}" in rows["ko-mini"]
+    total_kwh = sum(s["energy"]["kwh"] for n, s in manifest["stages"].items() if s.get("energy") and n != "card")
+    assert f"{total_kwh:.3g} kWh" in body
+    assert "| chat_vector | chat_vector | ratio: 1.0 |" in body
+
+
+def test_card_cli_refuses_a_folder_that_is_not_a_run(tmp_path):
+    bad = subprocess.run([*LLAMAK, "card", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no manifest.json" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "MODEL_CARD.md").exists()

@@ -309,6 +309,18 @@ def eval_(
         typer.echo(f"wrote {out / 'eval.json'}")
 
 
+@app.command(epilog="Example:\n\n    llamak card runs/tiny-ko --license llama3.1")
+def card(
+    run_dir: Annotated[Path, typer.Argument(help="A `llamak run` folder (runs/NAME).", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write (default RUN_DIR/MODEL_CARD.md).", show_default=False)] = None,
+    license_id: Annotated[str, typer.Option("--license", help="License id for the Hugging Face metadata.")] = "other",
+) -> None:
+    """Write the run's model card (Korean and English, HF metadata) from its recipe, stages, data statistics, evaluation and energy."""
+    from llamak.card import write_card
+
+    typer.echo(f"wrote {write_card(run_dir, out, license_id)}")
+
+
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")
 def inspect(model: ModelArg) -> None:
     """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""

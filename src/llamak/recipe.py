@@ -190,6 +190,20 @@ def _run_eval(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
     return comparison
 
 
+class CardStage(StageFields):
+    """MODEL_CARD.md (Korean and English, Hugging Face metadata) from everything the run made so far."""
+
+    license: str = "other"  # the card's license id, e.g. llama3.1 for a Llama-3.1 derivative
+
+
+def _run_card(cfg: CardStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.card import write_card
+
+    path = write_card(ctx.run_dir, out / "MODEL_CARD.md", cfg.license)
+    (ctx.run_dir / "MODEL_CARD.md").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    return {"card": str(path)}
+
+
 def _cpt_stage():
     from llamak.train.cpt import CptConfig
 
@@ -348,6 +362,7 @@ STAGES: dict[str, StageType] = {
     "dpo": StageType(_dpo_stage, _run_dpo, trains=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
     "grpo": StageType(_grpo_stage, _run_grpo, trains=True),
     "longpo": StageType(_longpo_stage, _run_longpo, trains=True),
+    "card": StageType(lambda: CardStage, _run_card, makes_model=False),
     "eval": StageType(_eval_stage, _run_eval, makes_model=False, refs=lambda c: [("models", r) for r in c.model_list() if r != "input"]),
 }
 
