@@ -8,6 +8,10 @@ then continue pre-training on the bundled Korean corpus (data/ko) twice with the
 (data/heldout, topics absent from training) in Korean and English before and after each.
 Goal from the issue: inserted-only cuts Korean PPL substantially while English PPL moves ≤ 2 %, and
 forgets less English than `all`. Takes 10–20 minutes on 2 CPU cores.
+
+With `--suites ko-mini,en-mini,long,safety` the three models (base, inserted, all) also go through
+`llamak eval`'s suites (the issue-8 table: Korean gain and English retention per stage); another
+10–20 minutes.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--suites", default="", help="also evaluate every model on these suites (comma-separated)")
+    ap.add_argument("--eval-limit", type=int, default=None, help="items per task for --suites")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
@@ -93,8 +99,25 @@ def main() -> None:
         r = results[mode]
         print(f"| {label} | {100 * r['trainable_share']:.1f}% | {r['ko']:.2f} | {100 * (r['ko'] / b['ko'] - 1):+.1f}% "
               f"| {r['en']:.2f} | {100 * (r['en'] / b['en'] - 1):+.1f}% | {seconds[mode]:.0f} s |")
+    comparison = None
+    if args.suites:
+        from llamak.evaluate.runner import EvalSettings, compare, evaluate_model
+
+        settings = EvalSettings(limit=args.eval_limit, engine="hf", lengths=[512, 1024], depths=[0.0, 0.5, 1.0], samples=1)
+        suites = args.suites.split(",")
+        comparison = compare({name: evaluate_model(path, suites, settings, work / "eval" / name, progress=False)
+                              for name, path in (("base", base), ("inserted", work / "inserted"), ("all", work / "all"))})
+        print(f"\nsuites ({', '.join(suites)}; limit {args.eval_limit}), difference from base in brackets:\n")
+        print("| metric | " + " | ".join(comparison["models"]) + " |")
+        print("|---|" + "---|" * len(comparison["models"]))
+        for metric, row in comparison["scores"].items():
+            deltas = comparison["delta"][metric]
+            cells = [f"{row[m]:.3f}" + (f" ({deltas[m]:+.3f})" if m != "base" and deltas.get(m) is not None else "") if row.get(m) is not None else "–"
+                     for m in comparison["models"]]
+            print(f"| {metric} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results, "seconds": seconds}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "seconds": seconds,
+                                         "eval": comparison}, indent=2))
     shutil.rmtree(work)
 
 

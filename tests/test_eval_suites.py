@@ -169,3 +169,20 @@ def test_card_cli_refuses_a_folder_that_is_not_a_run(tmp_path):
     bad = subprocess.run([*LLAMAK, "card", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "no manifest.json" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "MODEL_CARD.md").exists()
+
+
+def test_public_suites_fail_fast_when_the_hub_is_unreachable(monkeypatch):
+    from llamak.errors import LlamakError
+    from llamak.evaluate.harness import check_hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route")
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(LlamakError, match="en-retention: its tasks .* unreachable"):
+        check_hub(suite("en-retention"))
+    check_hub(suite("ko-mini"))  # shipped data: no check
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    check_hub(suite("ko-core"))  # the user says the datasets are cached

@@ -73,6 +73,22 @@ def lm_eval_model(model_dir: Path, engine: str, device: str | None = None) -> tu
     return "hf", {"pretrained": str(model_dir), "dtype": "bfloat16" if device == "cuda" else "float32"}, device
 
 
+def check_hub(spec: Suite) -> None:
+    """Suites on public tasks download their data: fail in one line, before loading the model, when
+    the hub is unreachable (unless the user said offline and has the datasets cached)."""
+    import os
+    import socket
+
+    if spec.offline or os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=5).close()
+    except OSError:
+        raise LlamakError(f"suite {spec.name}: its tasks ({', '.join(spec.tasks)}) load their data from the Hugging Face hub, "
+                          "which is unreachable from here; run where huggingface.co is reachable, or set HF_DATASETS_OFFLINE=1 "
+                          "with the datasets in the local cache") from None
+
+
 def run_lm_eval_suite(model_dir: Path, spec: Suite, engine: str = "hf", limit: int | None = None, batch_size: int = 8,
                       seed: int = 1234, device: str | None = None) -> dict:
     """Evaluate one lm-eval suite; returns {suite, score, averaging, tasks: {task: {metric, score, n, metrics}}}."""

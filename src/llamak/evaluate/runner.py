@@ -39,9 +39,11 @@ def resolved_engine(engine: str) -> str:
 def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettings = EvalSettings(), out_dir: Path | None = None,
                    progress: bool = True) -> dict:
     """Run the suites on one model; returns {suite: result} and writes `eval.json` (+ suite files) to `out_dir`."""
-    from llamak.evaluate.harness import run_lm_eval_suite, suite
+    from llamak.evaluate.harness import check_hub, run_lm_eval_suite, suite
 
     specs = [suite(name) for name in suite_names]  # unknown names fail before any model loads
+    for spec in specs:
+        check_hub(spec)
     engine = resolved_engine(settings.engine)
     results, generator = {}, None
 
