@@ -92,8 +92,8 @@ def main() -> None:
     b = results["base"]
     print(f"\n{args.model} + {args.blocks} blocks, CPT on data/ko: {args.steps} steps × {args.batch_size} × {args.seq_len} tokens, lr {args.lr}")
     print(f"held-out perplexity on the first {args.eval_tokens} tokens of data/heldout/{{ko,en}}.jsonl\n")
-    print(f"| model | trainable | Korean PPL | Δ ko | English PPL | Δ en | CPT time |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| model | trainable | Korean PPL | Δ ko | English PPL | Δ en | CPT time |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| base (= expanded, identity blocks) | – | {b['ko']:.2f} | – | {b['en']:.2f} | – | – |")
     for mode, label in (("inserted", "LLaMA-Pro: inserted blocks only"), ("all", "plain CPT: all parameters")):
         r = results[mode]

@@ -36,14 +36,19 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def make_generator(model_dir: str | Path, engine: str = "auto", batch_size: int = 8):
+def resolve_engine(engine: str) -> str:
+    """`auto` → vllm when installed with a GPU, else hf; `vllm` without them is an error."""
     from llamak.errors import LlamakError
 
     if engine not in ENGINES:
         raise LlamakError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "vllm" and not vllm_available():
         raise LlamakError("engine vllm: needs the vllm package and a CUDA GPU (pip install vllm); use engine hf")
-    if engine == "vllm" or (engine == "auto" and vllm_available()):
+    return "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
+
+
+def make_generator(model_dir: str | Path, engine: str = "auto", batch_size: int = 8):
+    if resolve_engine(engine) == "vllm":
         return VLLMGenerator(model_dir)
     return HFGenerator(model_dir, batch_size=batch_size)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamak.errors import LlamakError
 
 
 class EvalSettings(BaseModel):
@@ -26,16 +25,6 @@ class EvalSettings(BaseModel):
     max_new_tokens: int = Field(64, gt=0)
 
 
-def resolved_engine(engine: str) -> str:
-    from llamak.generation import ENGINES, vllm_available
-
-    if engine not in ENGINES:
-        raise LlamakError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if engine == "vllm" and not vllm_available():
-        raise LlamakError("engine vllm: needs the vllm package and a CUDA GPU (pip install vllm); use engine hf")
-    return "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
-
-
 def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettings = EvalSettings(), out_dir: Path | None = None,
                    progress: bool = True) -> dict:
     """Run the suites on one model; returns {suite: result} and writes `eval.json` (+ suite files) to `out_dir`."""
@@ -44,7 +33,9 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
     specs = [suite(name) for name in suite_names]  # unknown names fail before any model loads
     for spec in specs:
         check_hub(spec)
-    engine = resolved_engine(settings.engine)
+    from llamak.generation import resolve_engine
+
+    engine = resolve_engine(settings.engine)
     results, generator = {}, None
 
     def get_generator():
