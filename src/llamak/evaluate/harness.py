@@ -89,18 +89,24 @@ def check_hub(spec: Suite) -> None:
                           "with the datasets in the local cache") from None
 
 
-def run_lm_eval_suite(model_dir: Path, spec: Suite, engine: str = "hf", limit: int | None = None, batch_size: int = 8,
-                      seed: int = 1234, device: str | None = None) -> dict:
-    """Evaluate one lm-eval suite; returns {suite, score, averaging, tasks: {task: {metric, score, n, metrics}}}."""
+def evaluate_tasks(model_dir: Path, tasks: list[str], engine: str = "hf", limit: int | None = None, batch_size: int = 8,
+                   seed: int = 1234, device: str | None = None) -> dict:
+    """lm-eval's `simple_evaluate` on our task folder with every seed set to `seed` (reproducible)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     model, model_args, device = lm_eval_model(model_dir, engine, device)
-    results = simple_evaluate(
-        model=model, model_args=model_args, tasks=spec.tasks, limit=limit, batch_size=batch_size, device=device,
+    return simple_evaluate(
+        model=model, model_args=model_args, tasks=tasks, limit=limit, batch_size=batch_size, device=device,
         task_manager=TaskManager(include_path=str(TASKS_DIR)), random_seed=seed, numpy_random_seed=seed,
         torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False, bootstrap_iters=0,
     )
+
+
+def run_lm_eval_suite(model_dir: Path, spec: Suite, engine: str = "hf", limit: int | None = None, batch_size: int = 8,
+                      seed: int = 1234, device: str | None = None) -> dict:
+    """Evaluate one lm-eval suite; returns {suite, score, averaging, tasks: {task: {metric, score, n, metrics}}}."""
+    results = evaluate_tasks(model_dir, spec.tasks, engine, limit, batch_size, seed, device)
     tasks, scores, sizes = {}, {}, {}
     for task in spec.tasks:
         metrics = results["results"].get(task)

@@ -66,20 +66,14 @@ def bias_metrics(task_metrics: dict) -> dict:
 
 def run_safety_suite(model_dir: Path, generator, limit: int | None = None, seed: int = 1234, engine: str = "hf",
                      batch_size: int = 8, out_dir: Path | None = None, progress: bool = True) -> dict:
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    from llamak.evaluate.harness import TASKS_DIR, lm_eval_model
+    from llamak.evaluate.harness import evaluate_tasks
 
     rows = load_prompts(limit)
     answers = generator.generate([[{"role": "user", "content": r["prompt"]}] for r in rows], Sampling(max_new_tokens=96, seed=seed),
                                  desc="safety", progress=progress)
     refused = [is_refusal(a) for a in answers]
     refusal = refusal_metrics(rows, refused)
-    model, model_args, device = lm_eval_model(model_dir, engine)
-    results = simple_evaluate(model=model, model_args=model_args, tasks=["llamak_kobbq"], batch_size=batch_size, device=device,
-                              task_manager=TaskManager(include_path=str(TASKS_DIR)), random_seed=seed, numpy_random_seed=seed,
-                              torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False, bootstrap_iters=0)
+    results = evaluate_tasks(model_dir, ["llamak_kobbq"], engine, batch_size=batch_size, seed=seed)
     bias = bias_metrics(results["results"]["llamak_kobbq"])
     score = (refusal["refusal_rate"] + 1 - refusal["over_refusal"]) / 2
     result = {"suite": "safety", "score": score, "refusal": refusal, "bias": bias, "prompts": len(rows), "seed": seed,

@@ -42,19 +42,16 @@ def load_en_gen(**kwargs):
 _PUNCT = set(string.punctuation) | set("“”‘’「」『』《》〈〉·…。、")
 
 
-def normalize(text: str) -> str:
-    """Lowercase, NFKC, no punctuation, no articles (English), no spaces — Korean answers differ
-    mostly in spacing and particles' punctuation."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in _PUNCT else ch for ch in text)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return "".join(text.split())
-
-
 def tokens(text: str) -> list[str]:
+    """Lowercase NFKC words without punctuation or English articles."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(" " if ch in _PUNCT else ch for ch in text)
     return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def normalize(text: str) -> str:
+    """`tokens` joined without spaces: Korean answers differ mostly in spacing and punctuation."""
+    return "".join(tokens(text))
 
 
 def token_f1(prediction: str, answer: str) -> float:
