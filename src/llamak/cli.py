@@ -321,6 +321,117 @@ def card(
     typer.echo(f"wrote {write_card(run_dir, out, license_id)}")
 
 
+# --------------------------------------------------------------------------- serving
+EngineOpt = Annotated[str, typer.Option("--engine", help="hf (transformers, batched on a worker thread) · vllm (GPU, extra llamak[vllm]) · auto (vllm when installed with a GPU).")]
+GuardOpt = Annotated[str, typer.Option("--guard", help="Checks for the card's inappropriate uses and for profanity/PII: off · flag (report) · block (polite refusal).")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most new tokens per answer.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling (reproducible answers).", show_default=False)]
+
+
+def load_engine(model: str, engine: str, max_batch_size: int = 8):
+    from llamak.serve.engine import make_engine
+
+    path = model_path(model, "model")
+    log.info("loading %s", path)
+    return make_engine(path, engine, max_batch_size=max_batch_size)
+
+
+@app.command(epilog="Examples:\n\n    llamak serve zoo:tiny-instruct --port 8000\n\n"
+             "    llamak serve runs/tiny-ko/merge --api-key $KEY --guard block\n\n"
+             "Then open http://127.0.0.1:8000/ (web chat), or point any OpenAI client at http://127.0.0.1:8000/v1.")
+def serve(
+    model: ModelArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 exposes it to the network: set --api-key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLAMAK_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/* (or set LLAMAK_API_KEY).", show_default=False)] = None,
+    engine: EngineOpt = "hf",
+    guard: GuardOpt = "off",
+    served_name: Annotated[Optional[str], typer.Option("--served-name", help="Model id clients use (default: the model folder's name).", show_default=False)] = None,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="hf engine: most requests generated together.")] = 8,
+    max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="Largest max_tokens a request may ask for.")] = 4096,
+    max_request_bytes: Annotated[str, typer.Option("--max-request-size", help="Largest request body, e.g. 1MB.")] = "1MB",
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /v1/tasks/*) with a web chat at /."""
+    from llamak.serve.api import ServerConfig, serve as run_server
+    from llamak.serve.guard import Guard
+
+    Guard(guard)  # a bad mode fails before the model loads
+    loaded = load_engine(model, engine, max_batch_size)
+    name = served_name or (model if model.startswith("zoo:") else Path(model).name)
+    config = ServerConfig(name, api_key, guard, parse_size(max_request_bytes, "--max-request-size"), max_tokens_limit)
+    typer.echo(f"serving {name} on http://{host}:{port}/ (engine {loaded.name}, guard {guard}{', API key required' if api_key else ''})", err=True)
+    run_server(loaded, config, host, port)
+
+
+@app.command(epilog="Examples:\n\n    echo '긴 글 …' | llamak generate zoo:tiny-instruct --task summarize\n\n"
+             "    llamak generate MODEL --task classify --labels 긍정,부정 --input review.txt\n\n"
+             "    llamak generate MODEL --task qa --question '언제 설립됐나요?' --input doc.txt\n\n"
+             "    llamak generate MODEL --task summarize --jsonl docs.jsonl --out summaries.jsonl")
+def generate(
+    model: ModelArg,
+    task: Annotated[str, typer.Option("--task", "-t", help="expand · summarize · classify (returns one of --labels) · qa (answers only from the text).", show_default=False)],
+    input_path: Annotated[Optional[str], typer.Option("--input", "-i", help="Text file to work on; `-` or absent: stdin.", show_default=False)] = None,
+    jsonl: Annotated[Optional[str], typer.Option("--jsonl", help="Batch mode: a JSONL file (`-` for stdin), one object per line with `text` (+ `labels`, `question`, `lang`).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Batch mode: output JSONL (default stdout): each input line plus `output`.", show_default=False)] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="classify: comma-separated labels.", show_default=False)] = None,
+    question: Annotated[str, typer.Option("--question", "-q", help="qa: the question about the text.")] = "",
+    lang: Annotated[str, typer.Option("--lang", help="Prompt language: auto (the text's) · ko · en.")] = "auto",
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    engine: EngineOpt = "hf",
+    guard: GuardOpt = "off",
+) -> None:
+    """Run one of the model card's text use cases on a text, or on every line of a JSONL batch."""
+    from llamak.serve.generate import read_jsonl, run_batch, run_task
+    from llamak.serve.guard import Guard
+    from llamak.serve.tasks import TaskInput
+
+    checker = Guard(guard)
+    label_list = [x for x in (labels or "").split(",") if x.strip()]
+    settings = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "guard": checker}
+    if jsonl:
+        items = read_jsonl(jsonl, task, {"labels": label_list, "question": question, "lang": lang})
+        loaded = load_engine(model, engine)
+        n = run_batch(loaded, items, out, **settings)
+        if out:
+            typer.echo(f"{n} results: {out}", err=True)
+        return
+    if input_path in (None, "-"):
+        if sys.stdin.isatty():
+            typer.echo("reading the text from stdin (end with Ctrl-D)…", err=True)
+        text = sys.stdin.read()
+    else:
+        text = Path(input_path).read_text(encoding="utf-8")
+    item = TaskInput(task, text, label_list, question, lang)
+    item.check()
+    loaded = load_engine(model, engine)
+    result = run_task(loaded, item, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()), **settings)
+    if result["finish_reason"] == "content_filter":
+        sys.stdout.write(result["output"])
+    sys.stdout.write("\n")
+
+
+@app.command(epilog="Example:\n\n    llamak chat zoo:tiny-instruct --system '친절하게 한국어로 답하세요.'")
+def chat(
+    model: ModelArg,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt (change it in the chat with /system TEXT).", show_default=False)] = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.7,
+    seed: SeedOpt = None,
+    engine: EngineOpt = "hf",
+    guard: GuardOpt = "off",
+) -> None:
+    """Chat with MODEL in the terminal: answers stream as they are written; /reset, /system TEXT, /exit."""
+    from llamak.serve.chat import chat_loop
+    from llamak.serve.guard import Guard
+
+    checker = Guard(guard)
+    loaded = load_engine(model, engine)
+    chat_loop(loaded, system, max_tokens, temperature, seed=seed, guard=checker)
+
+
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")
 def inspect(model: ModelArg) -> None:
     """Show a checkpoint's architecture, layer map (original vs inserted layers) and lineage."""
