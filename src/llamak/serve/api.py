@@ -181,7 +181,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         room = engine.context_length - len(prompt_ids)
         if room < 1:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this model's context is {engine.context_length}", param="messages")
-        wanted = asked if asked is not None else config.default_max_tokens
+        wanted = asked if asked is not None else min(config.default_max_tokens, config.max_tokens_limit)
         if asked is not None and asked > room:
             raise APIError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({asked}) exceed the context of {engine.context_length} tokens", param="max_tokens")
         return min(wanted, room)

@@ -160,6 +160,7 @@ class HFEngine:
                 return torch.tensor(self.rows.step(input_ids[:, -1].tolist()), device=input_ids.device)
 
         self._sampler_cls, self._stopper_cls = Sampler, Stopper
+        self.batch_sizes: list[int] = []  # requests per generate call (how much batching happened)
         self.lock = threading.Lock()  # one forward pass at a time (generation batches and scoring)
         self.queue: queue.Queue[Handle | None] = queue.Queue()
         self.worker = threading.Thread(target=self._loop, name="llamak-hf-engine", daemon=True)
@@ -257,6 +258,7 @@ class HFEngine:
         ids = torch.tensor([[self.pad_id] * (width - n) + h.request.prompt_ids for h, n in zip(batch, lengths)])
         mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
         rows = BatchRows(batch, self.tokenizer, self.eos_ids, lengths)
+        self.batch_sizes.append(len(batch))
         sampler, stopper = self._sampler_cls(), self._stopper_cls()
         sampler.rows = stopper.rows = rows
         with self.lock:
