@@ -1,23 +1,25 @@
 """Engines that serve generation requests one token at a time.
 
-`HFEngine` runs transformers' `generate` on a background thread and batches the requests that are
-waiting when a batch starts (up to `max_batch_size`; requests arriving during a batch join the
-next one). Each row keeps its own sampling settings and random generator — a per-row sampler turns
-the logits into a one-hot choice, so `generate` itself runs greedy — which is what makes `seed`
-reproducible whatever else shares the batch. A per-row stopping criterion streams each new token
-out, applies stop strings and `max_tokens`, and ends rows whose client went away.
+`HFEngine` runs a transformers model on a background thread with continuous batching of our own:
+every step decodes one token for all running requests together (one forward pass over a shared,
+left-padded KV cache); a request that arrives is prefilled and joins the running batch at the next
+step, and a finished one leaves it (its cache rows are dropped). Each row keeps its own sampling
+settings and random generator, which is what makes `seed` reproducible whatever else shares the
+batch; stop strings, `max_tokens` and clients that went away are handled per row, and text is
+streamed out through `serve.text.Detokenizer` (never a split Hangul syllable).
 
-transformers' own continuous batching (`init_continuous_batching`) was measured against this on
-CPU (bench/serve.py): it fixes sampling at start-up, has no stop strings and no per-request seed;
-batched `generate` was as fast for the concurrency we serve here.
+transformers' own continuous batching (`init_continuous_batching`, used by `transformers serve
+--continuous-batching`) fixes sampling at start-up and has no stop strings or per-request seed;
+bench/serve.py measures both on the same model.
 
-`VLLMEngine` is the same interface on vLLM's AsyncLLM (paged attention, continuous batching): the
-engine for GPUs and large models (extra `llamak[vllm]`; it does not install on CPU-only machines).
+`VLLMEngine` is the same interface on vLLM's AsyncLLMEngine (paged attention, continuous batching):
+the engine for GPUs and large models (extra `llamak[vllm]`; it does not install on CPU-only machines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import queue
 import threading
@@ -71,78 +73,71 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-class BatchRows:
-    """Per-row state of one `generate` batch: sampling, detokenization, stop rules, delivery."""
+class Row:
+    """One request being generated: its sampler, detokenizer and limits; `take` delivers a token."""
 
-    def __init__(self, handles: list[Handle], tokenizer, eos_ids: set[int], prompt_tokens: list[int]):
-        self.handles, self.eos_ids, self.prompt_tokens = handles, eos_ids, prompt_tokens
-        self.detok = [Detokenizer(tokenizer, list(h.request.stop)) for h in handles]
-        self.generators = []
-        for h in handles:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(h.request.seed if h.request.seed is not None else int(torch.randint(2**62, (1,))))
-            self.generators.append(g)
-        self.done = [False] * len(handles)
-        self.counts = [0] * len(handles)
+    def __init__(self, handle: Handle):
+        self.handle, self.request = handle, handle.request
+        self.detok = Detokenizer(handle.tokenizer, list(self.request.stop))
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(self.request.seed if self.request.seed is not None else int(torch.randint(2**62, (1,))))
+        self.prompt_tokens, self.count, self.done = len(self.request.prompt_ids), 0, False
 
-    def sample(self, scores: torch.Tensor) -> torch.Tensor:
-        """Rows with temperature > 0 draw from their own generator; the draw becomes a one-hot row."""
-        for i, h in enumerate(self.handles):
-            t = h.request.temperature
-            if t <= 0 or self.done[i]:
-                continue  # greedy: generate's argmax picks it
-            logits = top_p_filter(scores[i].float() / t, h.request.top_p)
-            choice = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=self.generators[i]).item()
-            scores[i] = float("-inf")
-            scores[i, choice] = 0.0
-        return scores
-
-    def step(self, new_tokens: list[int]) -> list[bool]:
-        """Take each row's newest token; deliver its text; say which rows are finished."""
-        for i, (h, token) in enumerate(zip(self.handles, new_tokens)):
-            if self.done[i]:
-                continue
-            self.counts[i] += 1
-            detok, reason = self.detok[i], None
-            if token in self.eos_ids:
+    def take(self, token: int, eos_ids: set[int]) -> bool:
+        """Deliver the text this token settles; return True when the row is finished."""
+        self.count += 1
+        reason = None
+        if token in eos_ids:
+            reason, text = "stop", self.detok.flush()
+        else:
+            text = self.detok.add(token)
+            if self.detok.stopped:
                 reason = "stop"
-                text = detok.flush()
-            else:
-                text = detok.add(token)
-                if detok.stopped:
-                    reason = "stop"
-                elif h.cancelled:
-                    reason = "cancelled"
-                elif self.counts[i] >= h.request.max_tokens:
-                    reason = "length"
-                if reason:
-                    text += detok.flush()
-            if text or reason:
-                h.sink(Delta(text, self.prompt_tokens[i], self.counts[i], reason))
-            self.done[i] = reason is not None
-        return list(self.done)
+            elif self.handle.cancelled:
+                reason = "cancelled"
+            elif self.count >= self.request.max_tokens:
+                reason = "length"
+            if reason:
+                text += self.detok.flush()
+        if text or reason:
+            self.handle.sink(Delta(text, self.prompt_tokens, self.count, reason))
+        self.done = reason is not None
+        return self.done
 
-    def finish_all(self, reason: str) -> None:
-        """Rows generate ended without finishing (it hit its own limit)."""
-        for i, h in enumerate(self.handles):
-            if not self.done[i]:
-                self.done[i] = True
-                h.sink(Delta(self.detok[i].flush(), self.prompt_tokens[i], self.counts[i], reason))
+
+def choose(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    """Next token of each row: argmax when its temperature is 0, else a draw from its own generator."""
+    tokens = logits.argmax(-1).tolist()
+    for i, row in enumerate(rows):
+        if row.request.temperature > 0:
+            scaled = top_p_filter(logits[i].float() / row.request.temperature, row.request.top_p)
+            tokens[i] = torch.multinomial(torch.softmax(scaled, -1).cpu(), 1, generator=row.generator).item()
+    return tokens
+
+
+def left_pad(t: torch.Tensor, width: int, dim: int, value=0) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.full(shape, value, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
 class HFEngine:
-    """transformers generation behind a request queue, batched (see the module docstring)."""
+    """transformers models behind a request queue, with continuous batching (see the module docstring)."""
 
     name = "hf"
 
     def __init__(self, model_dir: str | Path, max_batch_size: int = 8, batch_wait_s: float = 0.005,
                  dtype: torch.dtype | None = None, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, StoppingCriteria
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)  # CPUs are slow in bf16
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self.device = self.model.device
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)
         eos = self.model.generation_config.eos_token_id
@@ -150,25 +145,19 @@ class HFEngine:
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids or {0})
-
-        class Sampler(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                return self.rows.sample(scores)
-
-        class Stopper(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.tensor(self.rows.step(input_ids[:, -1].tolist()), device=input_ids.device)
-
-        self._sampler_cls, self._stopper_cls = Sampler, Stopper
-        self.batch_sizes: list[int] = []  # requests per generate call (how much batching happened)
-        self.lock = threading.Lock()  # one forward pass at a time (generation batches and scoring)
+        # transformers ≥ 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.batch_sizes: list[int] = []  # rows in each decode step (how much batching happened)
+        self.lock = threading.Lock()  # one forward pass at a time (generation steps and scoring)
         self.queue: queue.Queue[Handle | None] = queue.Queue()
+        self._reset()
         self.worker = threading.Thread(target=self._loop, name="llamak-hf-engine", daemon=True)
         self.worker.start()
 
     # ---------------------------------------------------------------- requests
     def submit(self, request: Request, sink: Callable[[Delta], None]) -> Handle:
         handle = Handle(request, sink)
+        handle.tokenizer = self.tokenizer
         self.queue.put(handle)
         return handle
 
@@ -205,8 +194,8 @@ class HFEngine:
         with self.lock:
             rows = [prompt_ids + c for c in continuations]
             width = max(map(len, rows))
-            ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], device=self.model.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.model.device)
+            ids = torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], device=self.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
             logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
             out = []
             for i, c in enumerate(continuations):
@@ -221,54 +210,107 @@ class HFEngine:
         self.queue.put(None)
 
     # ---------------------------------------------------------------- the worker
-    def _next_batch(self) -> list[Handle] | None:
-        first = self.queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = self.batch_wait_s
-        while len(batch) < self.max_batch_size:
+    def _reset(self) -> None:
+        """The running batch: rows, their shared KV cache, attention mask (left-padded), next positions, last tokens."""
+        self.rows: list[Row] = []
+        self.cache = self.mask = self.positions = self.last = None
+
+    def _waiting(self) -> list[Handle] | None:
+        """New requests: block when idle (then wait briefly for company), else take what is queued."""
+        room = self.max_batch_size - len(self.rows)
+        taken: list[Handle] = []
+        if not self.rows:
+            first = self.queue.get()
+            if first is None:
+                return None
+            taken, wait = [first], self.batch_wait_s
+        else:
+            wait = 0
+        while len(taken) < room:
             try:
-                item = self.queue.get(timeout=deadline) if deadline > 0 else self.queue.get_nowait()
+                item = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
             if item is None:
-                self.queue.put(None)
+                self.queue.put(None)  # shut down after this batch
                 break
-            batch.append(item)
-            deadline = 0  # only the first wait is long: take what is already queued, then start
-        return [h for h in batch if not h.cancelled]
+            taken.append(item)
+            wait = 0
+        return [h for h in taken if not h.cancelled]
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if not batch:
-                continue
+        while (new := self._waiting()) is not None:
             try:
-                self._generate(batch)
-            except Exception as e:  # a failed batch must not kill the server: report it to its clients
-                for h in batch:
-                    h.sink(Delta(f"[generation failed: {type(e).__name__}: {e}]", len(h.request.prompt_ids), 0, "error"))
+                with self.lock, torch.no_grad():
+                    if new:
+                        self._admit(new)
+                    if self.rows:
+                        self._step()
+            except Exception as e:  # a failed step must not kill the server: report it to its clients
+                for row in self.rows + [Row(h) for h in new if not any(r.handle is h for r in self.rows)]:
+                    if not row.done:
+                        row.handle.sink(Delta(f"[generation failed: {type(e).__name__}: {e}]", row.prompt_tokens, row.count, "error"))
+                self._reset()
 
-    @torch.no_grad()
-    def _generate(self, batch: list[Handle]) -> None:
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        return out.logits[:, -1]
 
-        lengths = [len(h.request.prompt_ids) for h in batch]
-        width = max(lengths)
-        ids = torch.tensor([[self.pad_id] * (width - n) + h.request.prompt_ids for h, n in zip(batch, lengths)])
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
-        rows = BatchRows(batch, self.tokenizer, self.eos_ids, lengths)
-        self.batch_sizes.append(len(batch))
-        sampler, stopper = self._sampler_cls(), self._stopper_cls()
-        sampler.rows = stopper.rows = rows
-        with self.lock:
-            self.model.generate(
-                input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                max_new_tokens=max(h.request.max_tokens for h in batch), do_sample=False,
-                logits_processor=LogitsProcessorList([sampler]), stopping_criteria=StoppingCriteriaList([stopper]),
-                pad_token_id=self.pad_id, eos_token_id=list(self.eos_ids) or None,
-            )
-        rows.finish_all("length")
+    def _admit(self, handles: list[Handle]) -> None:
+        """Prefill new requests together, take their first token, and merge them into the running batch."""
+        from transformers import DynamicCache
+
+        rows = [Row(h) for h in handles]
+        width = max(r.prompt_tokens for r in rows)
+        ids = torch.tensor([[self.pad_id] * (width - r.prompt_tokens) + r.request.prompt_ids for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - r.prompt_tokens) + [1] * r.prompt_tokens for r in rows], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        first = choose(self._forward(ids, mask, positions, cache), rows)
+        last = torch.tensor(first, device=self.device)
+        next_positions = torch.tensor([r.prompt_tokens for r in rows], device=self.device)
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.positions, self.last = rows, cache, mask, next_positions, last
+        else:  # pad the shorter history on the left so both share one cache length, then stack the rows
+            total = max(self.mask.shape[1], width)
+            for old, new in zip(self.cache.layers, cache.layers):
+                old.keys = torch.cat([left_pad(old.keys, total, -2), left_pad(new.keys, total, -2)])
+                old.values = torch.cat([left_pad(old.values, total, -2), left_pad(new.values, total, -2)])
+            self.mask = torch.cat([left_pad(self.mask, total, 1), left_pad(mask, total, 1)])
+            self.rows += rows
+            self.positions = torch.cat([self.positions, next_positions])
+            self.last = torch.cat([self.last, last])
+        for row, token in zip(rows, first):
+            row.take(token, self.eos_ids)
+        self._drop_finished()
+
+    def _step(self) -> None:
+        """One decode step for every running row."""
+        self.batch_sizes.append(len(self.rows))
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        tokens = choose(self._forward(self.last[:, None], self.mask, self.positions[:, None], self.cache), self.rows)
+        self.last = torch.tensor(tokens, device=self.device)
+        self.positions = self.positions + 1
+        for row, token in zip(self.rows, tokens):
+            row.take(token, self.eos_ids)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self._reset()
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns only padding now
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., unused:, :], layer.values[..., unused:, :]
 
 
 class VLLMEngine:
