@@ -41,11 +41,15 @@ def _ensure_chromium():
         return browser, driver
     if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], env=env, timeout=600,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
+        for commands in ([install], [["apt-get", "update"], install]):  # a fresh machine may have no package lists yet
+            try:
+                for command in commands:
+                    subprocess.run(command, env=env, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            if all(_browser_paths()):
+                break
         browser, driver = _browser_paths()
         if browser and driver:
             return browser, driver

@@ -21,7 +21,7 @@ from typing import Annotated, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -361,6 +361,10 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         @app.get("/", include_in_schema=False)
         async def index():
             return FileResponse(str(web.joinpath("index.html")), media_type="text/html; charset=utf-8")
+
+        @app.get("/favicon.ico", include_in_schema=False)
+        async def favicon():
+            return Response(status_code=204)  # no icon; spares browsers a logged 404
 
         @app.get("/app.js", include_in_schema=False)
         async def script():
