@@ -477,13 +477,50 @@ def run(
     start: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on, even if finished.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage.")] = False,
     no_sample: Annotated[bool, typer.Option("--no-sample", help="Do not print a chat sample from the final model.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the recipe: schema, inputs exist or are reachable, layer maps, stage compatibility (configs only, no weights).")] = False,
 ) -> None:
     """Run a recipe: its stages in order, skipping those already finished with the same config."""
-    from llamak.recipe import run_recipe
+    from llamak.recipe import dry_run as check_recipe, run_recipe
 
+    if dry_run:
+        for line in check_recipe(recipe):
+            typer.echo(line)
+        return
     if only and (start or force):
         raise LlamakError("--only runs one stage; it cannot be combined with --from or --force")
     run_recipe(recipe, out, only=only, start=start, force=force, sample=not no_sample)
+
+
+@app.command(epilog="Examples:\n\n    llamak plan recipes/llama-k-70b.yaml --gpus 64\n\n"
+             "    llamak plan recipes/llama-k-70b.yaml --gpus 32 --gpu-mem 141 --gpu-tflops 989 --offload\n\n"
+             "Writes OUT/<recipe name>/plan.json; the run's report.html shows it.")
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.", show_default=False)],
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in the job (all data parallel under ZeRO-3 / FSDP full shard).", min=1)] = 64,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (vLLM tensor parallelism stays in a node).", min=1)] = 8,
+    gpu_mem: Annotated[float, typer.Option("--gpu-mem", help="Memory per GPU in GB (H100 80, H200 141).")] = 80.0,
+    gpu_tflops: Annotated[float, typer.Option("--gpu-tflops", help="Peak dense bf16 TFLOP/s per GPU (H100/H200 SXM 989).")] = 989.0,
+    mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation to assume (0.3–0.5 is typical at scale).", min=0.01, max=1.0)] = 0.4,
+    tdp: Annotated[float, typer.Option("--tdp", help="GPU board power in watts, for the energy estimate.")] = 700.0,
+    strategy: Annotated[str, typer.Option("--strategy", help="zero3 (DeepSpeed) or fsdp (FSDP2 full shard): both shard weights, gradients and optimizer state.")] = "zero3",
+    offload: Annotated[bool, typer.Option("--offload", help="Optimizer state in CPU memory (ZeRO-Offload).")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Runs directory: writes OUT/<recipe name>/plan.json.")] = Path("runs"),
+) -> None:
+    """Size a recipe without loading weights: parameters, memory per GPU, fit, disk, tokens, GPU-hours and energy per stage."""
+    import json
+
+    from llamak.planner import Hardware, plan as make_plan, table
+    from llamak.recipe import load_recipe
+
+    if strategy not in ("zero3", "fsdp"):
+        raise LlamakError(f"--strategy {strategy!r}: expected zero3 or fsdp")
+    parsed, stages = load_recipe(recipe)
+    result = make_plan(parsed, stages, Hardware(gpus, gpus_per_node, gpu_mem, gpu_tflops, mfu, tdp, strategy, offload), str(recipe))
+    typer.echo(table(result))
+    path = out / parsed.name / "plan.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(f"wrote {path}")
 
 
 def _train(kind: str, config_path: Path) -> None:

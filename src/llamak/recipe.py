@@ -566,6 +566,23 @@ def preflight(ctx: RunContext, stages: list[Stage], recipe_path: Path) -> None:
             raise LlamakError(f"{recipe_path}: {field} {ref!r}: no such directory")
 
 
+def dry_run(recipe_path: Path) -> list[str]:
+    """Check a recipe without running anything heavy: its schema, that its inputs exist or are
+    reachable (data globs, local models; hub models by their shipped or fetched config), layer maps
+    and stage compatibility from configs only. Returns the lines to print; raises on the first error."""
+    from llamak.planner import human, shapes
+
+    recipe, stages = load_recipe(recipe_path)
+    names = [s.name for s in stages]
+    preflight(RunContext(recipe, Path("runs") / recipe.name, names), stages, recipe_path)
+    lines = [f"{recipe_path}: {recipe.name}, base {recipe.base}" + (f", instruct {recipe.instruct}" if recipe.instruct else "")]
+    for i, sized in enumerate(shapes(recipe, stages, str(recipe_path)), 1):
+        model = f"{sized.input} → {sized.shape.layers} layers ({human(sized.shape.total)} params)" if sized.shape else f"reads {sized.input}"
+        lines.append(f"  {i:>2}. {sized.name:<12} {sized.type:<12} {model}" + "".join(f"; {n}" for n in sized.notes))
+    lines.append(f"dry run OK: {len(stages)} stages; nothing was run")
+    return lines
+
+
 def run_recipe(
     recipe_path: Path,
     out: Path = Path("runs"),

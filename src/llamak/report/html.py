@@ -242,6 +242,30 @@ def probes_section(run_dir: Path, order: list[str], stages: dict) -> str:
     return "<h2>Long-context probes</h2>" + "".join(parts) if parts else ""
 
 
+def _sig(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def plan_section(run_dir: Path) -> str:
+    """The plan `llamak plan` wrote for this run (memory per GPU, fit, GPU-hours, energy per stage)."""
+    from llamak.planner import human
+
+    path = run_dir / "plan.json"
+    if not path.is_file():
+        return ""
+    plan = json.loads(path.read_text())
+    hw = plan["hardware"]
+    head = "<tr><th>stage</th><th>type</th><th>layers</th><th>params</th><th>trainable</th><th>tokens</th><th>GB per GPU</th><th>fits</th><th>disk GB</th><th>GPU-hours</th><th>kWh</th></tr>"
+    rows = [f"<tr><td>{html.escape(r['name'])}</td><td>{r['type']}</td><td>{human(r['layers'])}</td><td>{human(r['params'])}</td>"
+            f"<td>{human(r['trainable'])}</td><td>{human(r['tokens'])}</td><td>{_sig(r['per_gpu_gb'])}</td><td>{html.escape(r['fits'])}</td>"
+            f"<td>{_sig(r['disk_gb'])}</td><td>{_sig(r['gpu_hours'])}</td><td>{_sig(r['energy_kwh'])}</td></tr>" for r in plan["stages"]]
+    chart = bar_plot({r["name"]: r["gpu_hours"] for r in plan["stages"] if r.get("gpu_hours")}, "planned GPU-hours", "GPU-hours")
+    t = plan["totals"]
+    return (f"<h2>Plan</h2><p>{hw['gpus']} GPUs × {hw['gpu_memory_gb']:g} GB, {hw['peak_tflops']:g} TFLOP/s at MFU {hw['mfu']:.0%}, "
+            f"{html.escape(hw['strategy'])}: {t['gpu_hours']:.3g} GPU-hours, {t['energy_kwh']:.3g} kWh in all.</p>"
+            f"<table>{head}{''.join(rows)}</table>{chart or ''}")
+
+
 def write_report(run_dir: Path) -> Path:
     import matplotlib
 
@@ -256,7 +280,8 @@ def write_report(run_dir: Path) -> Path:
                 "<h2>Lineage</h2>", lineage_svg(order, stages),
                 probes_section(run_dir, order, stages),
                 eval_section(order, stages),
-                energy_section(order, stages)]
+                energy_section(order, stages),
+                plan_section(run_dir)]
     plots = [
         ("Training loss", loss_plot(stages)),
         ("Preference and RL signals", alignment_plot(stages)),
