@@ -381,47 +381,46 @@ def plan_stage(stage, sized: StageShape, hw: Hardware) -> StagePlan:
     lora = cfg.lora
     trainable = shape.trainable(cfg.trainable, lora.r, len(lora.target_modules))
     seq = _sequence(stage)
-    global_batch = cfg.batch_size * cfg.grad_accum * hw.gpus  # fully sharded: every GPU is data parallel
-    sequences = cfg.max_steps * global_batch
-    ref_tokens = 0
-    if sized.type == "dpo":
-        tokens = 2 * sequences * seq  # chosen and rejected
-        ref_tokens = tokens
-    elif sized.type == "longpo":
-        tokens = 2 * sequences * seq  # the long chosen and rejected conversations
-        ref_tokens = tokens
-    elif sized.type == "grpo":
-        tokens = sequences * seq  # completions (batch counts completions) with their prompts
-        ref_tokens = tokens if cfg.beta > 0 else 0
-    else:
-        tokens = sequences * seq
-    row.trainable, row.seq_len, row.tokens = trainable, seq, tokens
+    has_reference = sized.type in ("dpo", "longpo") or (sized.type == "grpo" and cfg.beta > 0)
+    row.trainable, row.seq_len = trainable, seq
 
-    memory = state_memory(shape.total, trainable, hw.gpus, hw.offload)
-    if ref_tokens:
+    memory = state_memory(shape.total, trainable, hw.gpus, hw.offload)  # sharded over every GPU
+    if has_reference:
         memory["reference"] = FROZEN_BYTES * shape.total / hw.gpus
     memory["gathered"] = gathered_memory(shape)
-    sequence_memory = activation_memory(shape, seq, cfg.batch_size, cfg.gradient_checkpointing) + logits_memory(shape, seq, cfg.batch_size)
     memory["activations"] = activation_memory(shape, seq, cfg.batch_size, cfg.gradient_checkpointing)
     memory["logits"] = logits_memory(shape, seq, cfg.batch_size)
+    sequence_memory = memory["activations"] + memory["logits"]
     if sized.type == "grpo" and getattr(cfg, "use_vllm", False):
-        # vLLM colocated: its own bf16 weights, tensor-parallel within a node, plus KV cache (~30 % of memory)
+        # vLLM colocated: its own bf16 weights, tensor-parallel within a node, plus KV cache (~10 % of memory)
         tp = 1
         while BF16 * shape.total / tp > 0.3 * hw.gpu_memory_gb * GB and tp < hw.gpus_per_node:
             tp *= 2
         memory["vllm"] = BF16 * shape.total / tp + 0.1 * hw.gpu_memory_gb * GB
         row.notes.append(f"vLLM colocated, tensor parallel {tp}")
     total = sum(memory.values())
-    row.memory_gb = {k: round(v / GB, 2) for k, v in memory.items()}
-    row.per_gpu_gb = total / GB
     budget = USABLE_MEMORY * hw.gpu_memory_gb * GB
+    degree = 1
     if total <= budget:
         row.fits = "yes"
     else:
-        degree = context_parallel_needed(total - sequence_memory, sequence_memory, budget)
+        degree = context_parallel_needed(total - sequence_memory, sequence_memory, budget) or 0
         row.fits = f"no: context parallel ×{degree}" if degree else "no: more GPUs or offload"
-        if degree:
-            row.notes.append(f"needs sequence/context parallelism of degree {degree} (or activation offload)")
+        if degree:  # then each sequence spreads over `degree` GPUs: that much less activation memory per GPU
+            row.notes.append(f"needs sequence/context parallelism of degree {degree} (or activation offload); "
+                             f"sized as {max(hw.gpus // degree, 1)} data-parallel groups")
+            total -= sequence_memory * (1 - 1 / degree)
+    row.memory_gb = {k: round(v / GB, 2) for k, v in memory.items()}
+    row.per_gpu_gb = total / GB
+
+    # every GPU is data parallel under full sharding, unless sequences are split over `degree` GPUs
+    sequences = cfg.max_steps * cfg.batch_size * cfg.grad_accum * max(hw.gpus // max(degree, 1), 1)
+    if sized.type in ("dpo", "longpo"):
+        tokens = 2 * sequences * seq  # chosen and rejected
+    else:
+        tokens = sequences * seq  # GRPO: the batch counts completions, with their prompts
+    ref_tokens = tokens if has_reference else 0
+    row.tokens = tokens
 
     flops = training_flops(shape, trainable, tokens, seq, cfg.gradient_checkpointing) + forward_flops(shape, ref_tokens, seq)
     if sized.type == "grpo":
@@ -481,8 +480,8 @@ def table(result: dict) -> str:
             f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['per_gpu_gb'], '.1f'):>8}  {r['fits']:<24}"
             f"{_fmt(r['disk_gb'], '.3g'):>9}{_fmt(r['gpu_hours'], '.3g'):>9}{_fmt(r['hours'], '.3g'):>8}{_fmt(r['energy_kwh'], '.3g'):>9}")
     t = result["totals"]
-    lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:.0f} GPU-hours ({t['hours']:.1f} h on {hw['gpus']} GPUs), "
-                 f"{t['energy_kwh']:.0f} kWh (GPUs at TDP), {t['disk_gb']:.0f} GB of outputs and checkpoints")
+    lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:,.0f} GPU-hours ({t['hours']:,.1f} h on {hw['gpus']} GPUs), "
+                 f"{t['energy_kwh']:,.0f} kWh (GPUs at TDP), {t['disk_gb']:,.0f} GB of outputs and checkpoints")
     for r in result["stages"]:
         for note in r["notes"]:
             lines.append(f"  {r['name']}: {note}")
