@@ -536,7 +536,10 @@ class Processes:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
 
-            self.state = PartialState()
+            from llamak.train.common import hardware_flags
+
+            # cpu=True without CUDA: else every rank gets a 1-process state (all "main", no barrier)
+            self.state = PartialState(cpu=hardware_flags()["use_cpu"])
 
     @property
     def is_main(self) -> bool:

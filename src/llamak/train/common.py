@@ -231,7 +231,7 @@ def checkpoint_dir(out: Path, fingerprint: str) -> tuple[Path, bool]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the others decide only after the tidy-up
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        PartialState(cpu=hardware_flags()["use_cpu"]).wait_for_everyone()  # cpu: else no GPU means no process group (no barrier)
     return path, last_complete_checkpoint(path) is not None
 
 
@@ -287,17 +287,31 @@ def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints:
         "train_seconds": round(time.time() - started, 2),
         "log_history": [h for h in state.log_history if "loss" in h],
     }
-    if trainer.accelerator.is_main_process:
-        model = trainer.model
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    full_state = None
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        # sharded weights: every rank takes part in gathering them; the main process writes them
+        full_state = accelerator.get_state_dict(trainer.model_wrapped)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(trainer.model)
         if hasattr(model, "merge_and_unload"):  # LoRA: the saved model is plain weights
+            if full_state is not None:
+                model.load_state_dict(full_state, strict=False)
+                full_state = None
             model = model.merge_and_unload()
         model.config.use_cache = True
-        model.to(source_dtype(source))
+        dtype = source_dtype(source)
+        if full_state is None:
+            model.to(dtype)
+        else:
+            full_state = {k: v.to(dtype) for k, v in full_state.items()}
         with atomic_output(out, overwrite=True) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=full_state)
             tokenizer.save_pretrained(tmp)
             layer_map = source.layer_map if source.is_expanded else None
             write_lineage(tmp, make_lineage(stage, args, inputs, layer_map, metrics=metrics))
         shutil.rmtree(checkpoints, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
     return metrics
