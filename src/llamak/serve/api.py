@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llamak.errors import LlamakError
 from llamak.serve import tasks as use_cases
 from llamak.serve.engine import Delta, Request
+from llamak.serve.generate import chat_prompt_ids
 from llamak.serve.guard import Guard, Verdict, refusal
 
 
@@ -187,13 +188,12 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         return min(wanted, room)
 
     def chat_ids(messages: list[dict]) -> list[int]:
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
         try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return chat_prompt_ids(tokenizer, messages)
+        except LlamakError as e:  # no chat template
+            raise APIError(400, f"{e}: use /v1/completions", param="messages") from None
         except Exception as e:  # templates raise on, e.g., roles out of order
             raise APIError(400, f"the chat template rejected these messages: {e}", param="messages") from None
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def make_request(prompt_ids: list[int], body, max_tokens: int | None) -> Request:
         return Request(prompt_ids, budget(prompt_ids, max_tokens), body.temperature, getattr(body, "top_p", 1.0), body.seed, body.stops() if hasattr(body, "stops") else [])
