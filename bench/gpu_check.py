@@ -6,7 +6,9 @@
    expanded LLaMA-Pro style (+1 block per 5 layers), `trainable: inserted` and `all`: tokens/s over
    the timed steps (first step excluded) and peak GPU memory.
 2. Generation with `llamak.generation.HFGenerator` (bf16, greedy, 128 new tokens) at batch 1, 8 and
-   32: generated tokens/s — the HF engine that `llamak serve` batches (issue 9).
+   32: generated tokens/s (static batches, as probes and synthesis use it).
+3. `llamak serve`'s engine (`serve.engine.HFEngine`, continuous batching) with 1, 8 and 32 requests
+   in flight: generated tokens/s.
 Prints one line per measurement with the GPU's name; also runs on CPU (slowly) so the script is tested.
 """
 
@@ -65,6 +67,29 @@ def generation_throughput(model: Path, batch: int, new_tokens: int) -> float:
     return tokens / seconds
 
 
+def serving_throughput(model: Path, concurrency: int, new_tokens: int) -> float:
+    """`llamak serve`'s engine (continuous batching): `concurrency` requests at once, tokens/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llamak.serve.engine import HFEngine, Request
+
+    engine = HFEngine(model, max_batch_size=concurrency)
+    tok = engine.tokenizer
+    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": f"Write a long story about the number {i}."}],
+                                           add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"] for i in range(concurrency)]
+
+    def one(ids):
+        return [d for d in engine.stream_sync(Request(ids, new_tokens, 0.0))][-1].completion_tokens
+
+    one(prompts[0][:8])  # warm-up
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(one, prompts))
+    seconds = time.perf_counter() - started
+    engine.close()
+    return tokens / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="zoo:smollm2-135m-instruct")
@@ -73,6 +98,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--gen-batches", default="1,8,32")
+    ap.add_argument("--serve-concurrency", default="1,8,32")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
@@ -92,6 +118,9 @@ def main() -> None:
         print(f"CPT trainable={mode:<8} {args.batch_size}×{args.seq_len} tokens/step: {tps:,.0f} tokens/s, peak memory {mem:.2f} GiB")
     for batch in [int(b) for b in args.gen_batches.split(",")]:
         print(f"generation (HFGenerator, {'bf16' if torch.cuda.is_available() else 'fp32'}, greedy) batch {batch:>3}: {generation_throughput(base, batch, args.new_tokens):,.0f} new tokens/s")
+    for concurrency in [int(c) for c in args.serve_concurrency.split(",")]:
+        print(f"serving engine (llamak serve --engine hf, continuous batching) {concurrency:>3} requests at once: "
+              f"{serving_throughput(base, concurrency, args.new_tokens):,.0f} new tokens/s")
     shutil.rmtree(work)
 
 
