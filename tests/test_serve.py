@@ -153,6 +153,9 @@ def test_size_limit_and_unknown_route(server):
     assert r.status_code == 413 and "error" in r.json()
     r = httpx.get(server.url + "/v1/nothing", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    page = httpx.get(server.url + "/")  # the web chat needs no key
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="input"' in page.text
+    assert httpx.head(server.url + "/app.js").status_code == 200
 
 
 def test_fuzzing_the_openapi_schema_finds_no_server_error(engine, tmp_path):

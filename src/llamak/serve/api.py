@@ -358,7 +358,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
                 "scores": dict(zip(labels, scores)), "usage": usage(len(prompt_ids), 0), **guard_field(verdict)}
 
     if web.joinpath("index.html").is_file():
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def index():
             return FileResponse(str(web.joinpath("index.html")), media_type="text/html; charset=utf-8")
 
@@ -366,11 +366,11 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         async def favicon():
             return Response(status_code=204)  # no icon; spares browsers a logged 404
 
-        @app.get("/app.js", include_in_schema=False)
+        @app.api_route("/app.js", methods=["GET", "HEAD"], include_in_schema=False)
         async def script():
             return FileResponse(str(web.joinpath("app.js")), media_type="text/javascript; charset=utf-8")
 
-        @app.get("/style.css", include_in_schema=False)
+        @app.api_route("/style.css", methods=["GET", "HEAD"], include_in_schema=False)
         async def style():
             return FileResponse(str(web.joinpath("style.css")), media_type="text/css; charset=utf-8")
 
