@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -140,9 +141,11 @@ def read_shape(ref: str, role: str) -> Shape:
     config = shipped_config(ref)
     if config is None:
         try:
+            if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+                raise ConnectionError("offline mode")  # huggingface_hub reads these only when imported
             from huggingface_hub import hf_hub_download
 
-            config = json.loads(Path(hf_hub_download(ref, "config.json")).read_text())
+            config = json.loads(Path(hf_hub_download(ref, "config.json", etag_timeout=5)).read_text())
         except Exception as e:  # offline, gated, unknown
             raise LlamakError(f"{role} {ref}: no shipped config and the hub is unreachable ({type(e).__name__}); "
                               "give a local directory with its config.json") from None
