@@ -218,3 +218,10 @@ def test_engine_greedy_matches_plain_generate_in_a_batch(engine):
     with ThreadPoolExecutor(3) as pool:
         got = list(pool.map(lambda ids: "".join(d.text for d in engine.stream_sync(Request(ids, 10, 0.0))), prompts))
     assert got == expected
+
+
+def test_a_failing_request_ends_with_an_error_and_the_engine_goes_on(engine):
+    bad = list(engine.stream_sync(Request([10**7], 4, 0.0)))  # a token id outside the vocabulary
+    assert bad[-1].finish_reason == "error" and "generation failed" in bad[-1].text
+    good = list(engine.stream_sync(Request(engine.tokenizer("hello", add_special_tokens=False)["input_ids"], 3, 0.0)))
+    assert good[-1].finish_reason in ("stop", "length")

@@ -76,9 +76,9 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 class Row:
     """One request being generated: its sampler, detokenizer and limits; `take` delivers a token."""
 
-    def __init__(self, handle: Handle):
+    def __init__(self, handle: Handle, tokenizer):
         self.handle, self.request = handle, handle.request
-        self.detok = Detokenizer(handle.tokenizer, list(self.request.stop))
+        self.detok = Detokenizer(tokenizer, list(self.request.stop))
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.request.seed if self.request.seed is not None else int(torch.randint(2**62, (1,))))
         self.prompt_tokens, self.count, self.done = len(self.request.prompt_ids), 0, False
@@ -157,7 +157,6 @@ class HFEngine:
     # ---------------------------------------------------------------- requests
     def submit(self, request: Request, sink: Callable[[Delta], None]) -> Handle:
         handle = Handle(request, sink)
-        handle.tokenizer = self.tokenizer
         self.queue.put(handle)
         return handle
 
@@ -247,7 +246,7 @@ class HFEngine:
                     if self.rows:
                         self._step()
             except Exception as e:  # a failed step must not kill the server: report it to its clients
-                for row in self.rows + [Row(h) for h in new if not any(r.handle is h for r in self.rows)]:
+                for row in self.rows + [Row(h, self.tokenizer) for h in new if not any(r.handle is h for r in self.rows)]:
                     if not row.done:
                         row.handle.sink(Delta(f"[generation failed: {type(e).__name__}: {e}]", row.prompt_tokens, row.count, "error"))
                 self._reset()
@@ -260,7 +259,7 @@ class HFEngine:
         """Prefill new requests together, take their first token, and merge them into the running batch."""
         from transformers import DynamicCache
 
-        rows = [Row(h) for h in handles]
+        rows = [Row(h, self.tokenizer) for h in handles]
         width = max(r.prompt_tokens for r in rows)
         ids = torch.tensor([[self.pad_id] * (width - r.prompt_tokens) + r.request.prompt_ids for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - r.prompt_tokens) + [1] * r.prompt_tokens for r in rows], device=self.device)
