@@ -125,3 +125,16 @@ def test_serve_cli_rejects_bad_flags_before_loading():
     assert r.returncode == 2 and "guard 'maybe'" in r.stderr
     r = llamak("serve", "/nonexistent/model")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_top_p_keeps_the_nucleus_and_never_everything_out():
+    import torch
+
+    from llamak.serve.engine import top_p_filter
+
+    logits = torch.tensor([3.0, 2.0, 1.0, -1.0])
+    probs = torch.softmax(logits, -1)  # 0.66, 0.24, 0.09, 0.01
+    kept = torch.isfinite(top_p_filter(logits, 0.8))
+    assert kept.tolist() == [True, True, False, False] and probs[:2].sum() >= 0.8
+    assert torch.isfinite(top_p_filter(logits, 5e-324)).tolist() == [True, False, False, False]  # found by the fuzzer
+    assert torch.equal(top_p_filter(logits, 1.0), logits)

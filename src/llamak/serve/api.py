@@ -4,7 +4,8 @@ models, health, the card's use-case tasks, and the web chat page at `/`.
 Every failure a client can cause answers with OpenAI's error body
 `{"error": {"message", "type", "param", "code"}}` and a 4xx status: malformed JSON and invalid fields
 400 (as OpenAI and vLLM do), a missing or wrong key 401, an unknown route 404, a body over the size
-limit 413. A bug answers 500 with the same body shape, never a bare traceback.
+limit 413. A bug or a failed generation answers 500 with the same body shape (in a stream that has
+started: an `{"error": …}` event), never a bare traceback.
 """
 
 from __future__ import annotations
@@ -222,7 +223,10 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def finish(reason: str | None) -> str | None:
-        return {"cancelled": "stop", "error": "stop"}.get(reason, reason) if reason else None
+        return {"cancelled": "stop"}.get(reason, reason) if reason else None
+
+    def engine_error(delta: Delta) -> APIError:
+        return APIError(500, delta.text.strip("[]"), "server_error")
 
     async def collect(request: Request, user_text: str) -> tuple[str, str, Verdict, dict]:
         parts, verdict, last = [], Verdict(), None
@@ -232,6 +236,8 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
             else:
                 parts.append(delta.text)
             last = delta
+        if last.finish_reason == "error":  # the engine failed (a bug, or out of memory): not the client's fault
+            raise engine_error(last)
         return "".join(parts), finish(last.finish_reason), verdict, usage(last.prompt_tokens, last.completion_tokens)
 
     def sse(events: AsyncIterator[dict]) -> StreamingResponse:
@@ -250,6 +256,10 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         last, verdict = None, Verdict()
         async for delta, verdict in run(request, user_text):
             last = delta
+            if delta.finish_reason == "error":  # headers are sent: report it in the stream, as OpenAI does
+                e = engine_error(delta)
+                yield {"error": {"message": e.message, "type": e.type, "param": None, "code": None}}
+                return
             if delta.text or delta.finish_reason:
                 yield {**head, "choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {}, "finish_reason": finish(delta.finish_reason)}], **(guard_field(verdict) if delta.finish_reason else {})}
         if include_usage and last is not None:
@@ -312,6 +322,10 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
                         if delta is None:
                             open_ -= 1
                             continue
+                        if delta.finish_reason == "error":
+                            e = engine_error(delta)
+                            yield {"error": {"message": e.message, "type": e.type, "param": None, "code": None}}
+                            return
                         if delta.finish_reason:
                             totals[0] += delta.prompt_tokens
                             totals[1] += delta.completion_tokens

@@ -69,6 +69,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, descending=True)
     cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
     remove = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+    remove[..., 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in float32)
     sorted_logits[remove] = float("-inf")
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
