@@ -66,3 +66,17 @@ def test_inflected_particle_attached_and_obfuscated_forms_are_caught(profanity, 
 def test_mask_replaces_only_the_offensive_span(profanity):
     masked, counts = profanity.mask("시발점에서 출발했는데 씨발 길이 막혔다")
     assert masked == "시발점에서 출발했는데 <PROFANITY> 길이 막혔다" and counts == Counter({"PROFANITY": 1})
+
+
+def test_fresh_held_out_set_is_measured_not_tuned_on(profanity):
+    """200 items written by someone who saw neither the filter nor the other sets (2026-11-27), never
+    used for tuning: a regression floor at what it measured first, 0.900 recall / 0.027 FPR — short of
+    the issue's 0.95 / 0.02, which the development sets meet."""
+    items = [json.loads(line) for line in (DATA / "profanity_heldout2.jsonl").read_text(encoding="utf-8").splitlines()]
+    offensive = [i for i in items if i["offensive"]]
+    clean = [i for i in items if not i["offensive"]]
+    recall = sum(profanity.is_offensive(i["text"]) for i in offensive) / len(offensive)
+    fpr = sum(profanity.is_offensive(i["text"]) for i in clean) / len(clean)
+    korean = [i for i in offensive if i["lang"] == "ko"]
+    print(f"\nprofanity_heldout2.jsonl: recall {recall:.3f} (Korean {sum(profanity.is_offensive(i['text']) for i in korean) / len(korean):.3f}), FPR {fpr:.3f}")
+    assert recall >= 0.88 and fpr <= 0.04
