@@ -176,3 +176,14 @@ def test_unknown_hub_model_offline_is_one_clear_error(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path, "name: x\nbase: someorg/not-shipped-7b\nstages:\n  - expand: {blocks: 2}\n")
     with pytest.raises(LlamakError, match="stage 1 \\(expand\\): model someorg/not-shipped-7b: no shipped config and the hub is unreachable"):
         dry_run(recipe)
+
+
+def test_data_stage_executor_is_checked_and_does_not_change_the_stage_hash(tmp_path):
+    from llamak.recipe import stage_hash
+
+    text = "name: d\nbase: zoo:tiny-base\nstages:\n  - data: {inputs: [data/ko/*.jsonl], executor: %s}\n"
+    _, local = load_recipe(write_recipe(tmp_path, text % "local"))
+    _, ray = load_recipe(write_recipe(tmp_path, text % "ray"))
+    assert stage_hash(local[0], "x", []) == stage_hash(ray[0], "x", [])
+    with pytest.raises(LlamakError, match="stage 1 \\(data\\): field 'executor'"):
+        load_recipe(write_recipe(tmp_path, text % "slurm"))

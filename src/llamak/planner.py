@@ -224,6 +224,8 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
                 notes.append("generates with vLLM (not installed here)")
         if stage.type == "data":
             made = None
+            if cfg.executor == "ray" and importlib.util.find_spec("ray") is None:
+                notes.append("executor ray (not installed here)")
         if stage.type in ("eval", "card"):
             made = None
             if getattr(cfg, "engine", "auto") == "vllm" and importlib.util.find_spec("vllm") is None:

@@ -114,6 +114,11 @@ class MergeStage(StageFields):
         return self
 
 
+# Fields that say where a stage runs, not what it makes: they do not enter its hash (changing them
+# reruns nothing).
+WHERE_NOT_WHAT = {"executor"}
+
+
 class DataStage(StageFields):
     """clean → mix → pack; `model` is whose tokenizer packs (default: the recipe's base)."""
 
@@ -128,6 +133,9 @@ class DataStage(StageFields):
     seed: int = 0
     seq_len: int = Field(2048, ge=8)
     workers: int = Field(1, ge=1)
+    # where `clean` runs: this machine, or a Ray cluster (blocking, like local). Slurm submits and
+    # returns, so a recipe cannot wait for it: clean on Slurm with `llamak data clean` beforehand.
+    executor: Literal["local", "ray"] = "local"
 
     @field_validator("mix")
     @classmethod
@@ -303,7 +311,7 @@ def _run_data(cfg: DataStage, model: Path, out: Path, ctx: RunContext) -> dict:
     from llamak.data.mix import mix
     from llamak.data.pack import pack
 
-    settings = cfg.model_dump(mode="json", exclude={"name"})
+    settings = cfg.model_dump(mode="json", exclude={"name", *WHERE_NOT_WHAT})
     record = out / "data-stage.json"
     if out.exists() and (not record.is_file() or json.loads(record.read_text()) != settings):
         shutil.rmtree(out)
@@ -311,7 +319,7 @@ def _run_data(cfg: DataStage, model: Path, out: Path, ctx: RunContext) -> dict:
     record.write_text(json.dumps(settings, indent=2) + "\n")
     options = CleanOptions(lang=cfg.lang, pii=cfg.pii, profanity=cfg.profanity, quality=cfg.quality, dedup=cfg.dedup)
     progress = lambda message: log.info("  data: %s", message)  # noqa: E731
-    summary = clean(cfg.inputs, out / "clean", options, ExecutorOptions(workers=cfg.workers), progress=progress)
+    summary = clean(cfg.inputs, out / "clean", options, ExecutorOptions(kind=cfg.executor, workers=cfg.workers), progress=progress)
     documents = out / "clean" / "documents"
     metrics: dict = {"clean": summary_counts(summary)}
     if cfg.mix:
@@ -499,7 +507,7 @@ def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
     data = getattr(stage.config, "data_files", lambda: [])()
     payload = {
         "type": stage.type,
-        "config": stage.config.model_dump(mode="json", exclude={"name"}),
+        "config": stage.config.model_dump(mode="json", exclude={"name", *WHERE_NOT_WHAT}),
         "input": input_key,
         "extra": extra_keys,
         "data": [[str(f), file_fingerprint(f)] for f in data],
