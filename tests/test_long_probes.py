@@ -81,3 +81,16 @@ def test_auto_engine_is_transformers_without_vllm_and_a_gpu(llama3_pair):
         pytest.skip("vLLM and a GPU are present: auto picks vLLM")
     generator = make_generator(llama3_pair[0], "auto", batch_size=2)
     assert isinstance(generator, HFGenerator) and generator.model.device.type == "cpu"
+
+
+def test_vllm_tensor_parallel_size_follows_the_model_and_the_gpus():
+    from llamak.generation import choose_tensor_parallel, tensor_parallel_size
+
+    gb = 1e9
+    # the expanded 70B (84.2B params, 168 GB in bf16) on 8 × 80 GB: 8 shards of 21 GB
+    assert choose_tensor_parallel(168.5 * gb, 64, 8, 8, 80 * gb) == 8
+    assert choose_tensor_parallel(141 * gb, 64, 8, 8, 141 * gb) == 2  # 70B on H200s: two halves fit
+    assert choose_tensor_parallel(16 * gb, 32, 8, 8, 80 * gb) == 1  # 8B: one GPU
+    assert choose_tensor_parallel(168.5 * gb, 9, 3, 8, 80 * gb) == 1  # heads not divisible: cannot split
+    assert choose_tensor_parallel(168.5 * gb, 64, 8, 2, 80 * gb) == 2  # never more than the GPUs
+    assert tensor_parallel_size("/nonexistent") == 1  # no GPU here: vLLM is not used, 1 without reading a config

@@ -5,7 +5,8 @@ so a batch wastes little padding) with a progress bar. `VLLMGenerator` does the 
 (continuous batching, paged attention: the engine for long contexts and 70B on GPUs; optional, it
 does not install on CPU-only machines). Prompts are chat messages — rendered with the model's chat
 template — or plain strings. `make_generator(model, engine)` picks one: `auto` is vLLM when it is
-installed and a GPU is present, else transformers.
+installed and a GPU is present, else transformers. vLLM spreads a model that does not fit one GPU
+over several (`tensor_parallel_size`; `LLAMAK_VLLM_TP` overrides).
 """
 
 from __future__ import annotations
@@ -45,6 +46,33 @@ def resolve_engine(engine: str) -> str:
     if engine == "vllm" and not vllm_available():
         raise LlamakError("engine vllm: needs the vllm package and a CUDA GPU (pip install vllm); use engine hf")
     return "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
+
+
+def choose_tensor_parallel(weight_bytes: float, heads: int, kv_heads: int, gpus: int, gpu_bytes: float, share: float = 0.5) -> int:
+    """vLLM's tensor-parallel size: the smallest power of two (≤ the GPUs, dividing the attention and
+    KV heads) whose weight shard takes at most `share` of a GPU, leaving the rest to the KV cache."""
+    size = 1
+    while size * 2 <= gpus and weight_bytes / size > share * gpu_bytes and heads % (size * 2) == 0 and kv_heads % (size * 2) == 0:
+        size *= 2
+    return size
+
+
+def tensor_parallel_size(model_dir: str | Path) -> int:
+    """For vLLM on this machine: `LLAMAK_VLLM_TP` if set, else `choose_tensor_parallel` from the model's
+    config (bf16 weights) and the visible GPUs — a 70B model spreads over a node, a small one stays on one GPU."""
+    import json
+    import os
+
+    if os.environ.get("LLAMAK_VLLM_TP"):
+        return int(os.environ["LLAMAK_VLLM_TP"])
+    if not torch.cuda.is_available():
+        return 1
+    from llamak.planner import Shape
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    shape = Shape.from_config(config)
+    return choose_tensor_parallel(2 * shape.total, shape.heads, shape.kv_heads, torch.cuda.device_count(),
+                                  torch.cuda.get_device_properties(0).total_memory)
 
 
 def make_generator(model_dir: str | Path, engine: str = "auto", batch_size: int = 8):
@@ -102,7 +130,8 @@ class VLLMGenerator:
         from vllm import LLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.llm = LLM(model=str(model_dir), dtype="bfloat16", max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+        self.llm = LLM(model=str(model_dir), dtype="bfloat16", max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size(model_dir))
 
     render = HFGenerator.render
     count_tokens = HFGenerator.count_tokens

@@ -69,7 +69,9 @@ def lm_eval_model(model_dir: Path, engine: str, device: str | None = None) -> tu
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes about custom datasets
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if engine == "vllm":
-        return "vllm", {"pretrained": str(model_dir), "dtype": "bfloat16"}, device
+        from llamak.generation import tensor_parallel_size
+
+        return "vllm", {"pretrained": str(model_dir), "dtype": "bfloat16", "tensor_parallel_size": tensor_parallel_size(model_dir)}, device
     return "hf", {"pretrained": str(model_dir), "dtype": "bfloat16" if device == "cuda" else "float32"}, device
 
 

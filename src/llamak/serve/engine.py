@@ -324,8 +324,11 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        from llamak.generation import tensor_parallel_size
+
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=str(model_dir), dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len))
+            model=str(model_dir), dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size(model_dir)))
         self.context_length = max_model_len or int(getattr(self.engine.model_config, "max_model_len", 0) or 4096)
         self._ids = itertools.count()
 
