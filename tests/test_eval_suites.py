@@ -74,7 +74,10 @@ def test_ko_mini_runs_offline_through_lm_eval_and_is_reproducible(llama3_pair, t
 
     settings = EvalSettings(limit=4, engine="hf", batch_size=4)
     first = evaluate_model(llama3_pair[0], ["ko-mini"], settings, tmp_path / "a", progress=False)["ko-mini"]
-    again = evaluate_model(llama3_pair[0], ["ko-mini"], settings, tmp_path / "b", progress=False)["ko-mini"]
+    # again, with lm-eval loading the model itself instead of sharing the generator's weights
+    from llamak.evaluate.harness import run_lm_eval_suite, suite
+
+    again = run_lm_eval_suite(llama3_pair[0], suite("ko-mini"), "hf", settings.limit, settings.batch_size, settings.seed)
     assert set(first["tasks"]) == {"llamak_ko_mini_mc", "llamak_ko_mini_gen"}
     assert first["tasks"]["llamak_ko_mini_mc"]["n"] == 4 and 0 <= first["score"] <= 1
     assert first == again

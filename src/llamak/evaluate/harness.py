@@ -91,13 +91,24 @@ def check_hub(spec: Suite) -> None:
                           "with the datasets in the local cache") from None
 
 
+def shared_lm(generator, batch_size: int = 8):
+    """lm-eval's HF model around the weights an `HFGenerator` already holds: one load per evaluated model."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=generator.model, tokenizer=generator.tokenizer, batch_size=batch_size)
+
+
 def evaluate_tasks(model_dir: Path, tasks: list[str], engine: str = "hf", limit: int | None = None, batch_size: int = 8,
-                   seed: int = 1234, device: str | None = None) -> dict:
-    """lm-eval's `simple_evaluate` on our task folder with every seed set to `seed` (reproducible)."""
+                   seed: int = 1234, device: str | None = None, lm=None) -> dict:
+    """lm-eval's `simple_evaluate` on our task folder with every seed set to `seed` (reproducible);
+    `lm`: an lm-eval model already built (`shared_lm`), else lm-eval loads `model_dir` itself."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    model, model_args, device = lm_eval_model(model_dir, engine, device)
+    if lm is not None:
+        model, model_args = lm, None
+    else:
+        model, model_args, device = lm_eval_model(model_dir, engine, device)
     return simple_evaluate(
         model=model, model_args=model_args, tasks=tasks, limit=limit, batch_size=batch_size, device=device,
         task_manager=TaskManager(include_path=str(TASKS_DIR)), random_seed=seed, numpy_random_seed=seed,
@@ -106,9 +117,9 @@ def evaluate_tasks(model_dir: Path, tasks: list[str], engine: str = "hf", limit:
 
 
 def run_lm_eval_suite(model_dir: Path, spec: Suite, engine: str = "hf", limit: int | None = None, batch_size: int = 8,
-                      seed: int = 1234, device: str | None = None) -> dict:
+                      seed: int = 1234, device: str | None = None, lm=None) -> dict:
     """Evaluate one lm-eval suite; returns {suite, score, averaging, tasks: {task: {metric, score, n, metrics}}}."""
-    results = evaluate_tasks(model_dir, spec.tasks, engine, limit, batch_size, seed, device)
+    results = evaluate_tasks(model_dir, spec.tasks, engine, limit, batch_size, seed, device, lm)
     tasks, scores, sizes = {}, {}, {}
     for task in spec.tasks:
         metrics = results["results"].get(task)

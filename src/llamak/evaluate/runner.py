@@ -36,7 +36,7 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
     from llamak.generation import resolve_engine
 
     engine = resolve_engine(settings.engine)
-    results, generator = {}, None
+    results, generator, lm = {}, None, None
 
     def get_generator():
         nonlocal generator
@@ -45,6 +45,15 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
 
             generator = make_generator(model_dir, engine, settings.batch_size)
         return generator
+
+    def get_lm():
+        """On the HF engine lm-eval reuses the generator's weights (one load); vLLM's lm-eval backend loads its own."""
+        nonlocal lm
+        if lm is None and engine == "hf":
+            from llamak.evaluate.harness import shared_lm
+
+            lm = shared_lm(get_generator(), settings.batch_size)
+        return lm
 
     for spec in specs:
         if spec.name == "long":
@@ -55,9 +64,9 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
         elif spec.name == "safety":
             from llamak.evaluate.safety import run_safety_suite
 
-            results["safety"] = run_safety_suite(model_dir, get_generator(), settings.limit, settings.seed, engine, settings.batch_size, out_dir, progress)
+            results["safety"] = run_safety_suite(model_dir, get_generator(), settings.limit, settings.seed, engine, settings.batch_size, out_dir, progress, get_lm())
         else:
-            results[spec.name] = run_lm_eval_suite(model_dir, spec, engine, settings.limit, settings.batch_size, settings.seed)
+            results[spec.name] = run_lm_eval_suite(model_dir, spec, engine, settings.limit, settings.batch_size, settings.seed, lm=get_lm())
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,7 @@ def bias_metrics(task_metrics: dict) -> dict:
 
 
 def run_safety_suite(model_dir: Path, generator, limit: int | None = None, seed: int = 1234, engine: str = "hf",
-                     batch_size: int = 8, out_dir: Path | None = None, progress: bool = True) -> dict:
+                     batch_size: int = 8, out_dir: Path | None = None, progress: bool = True, lm=None) -> dict:
     from llamak.evaluate.harness import evaluate_tasks
 
     rows = load_prompts(limit)
@@ -73,7 +73,7 @@ def run_safety_suite(model_dir: Path, generator, limit: int | None = None, seed:
                                  desc="safety", progress=progress)
     refused = [is_refusal(a) for a in answers]
     refusal = refusal_metrics(rows, refused)
-    results = evaluate_tasks(model_dir, ["llamak_kobbq"], engine, batch_size=batch_size, seed=seed)
+    results = evaluate_tasks(model_dir, ["llamak_kobbq"], engine, batch_size=batch_size, seed=seed, lm=lm)
     bias = bias_metrics(results["results"]["llamak_kobbq"])
     score = (refusal["refusal_rate"] + 1 - refusal["over_refusal"]) / 2
     result = {"suite": "safety", "score": score, "refusal": refusal, "bias": bias, "prompts": len(rows), "seed": seed,
