@@ -274,6 +274,13 @@ def run_training(stage: str, make_trainer, config: TrainSettings, model_dir: Pat
 
 def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints: Path, resume: bool, stage: str, args: dict, metrics: dict, inputs: dict[str, Path]) -> dict:
     """Train (resuming from the last checkpoint when there is one), then save on the main process."""
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    if sharded and hasattr(trainer.model, "merge_and_unload"):  # fail before training, not after
+        raise LlamakError(f"{stage}: LoRA under DeepSpeed/FSDP is not supported yet (its adapters cannot be merged into "
+                          "sharded weights at save time); use trainable: all or inserted, or DDP for LoRA")
     started = time.time()
     last = last_complete_checkpoint(checkpoints) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
@@ -287,19 +294,11 @@ def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints:
         "train_seconds": round(time.time() - started, 2),
         "log_history": [h for h in state.log_history if "loss" in h],
     }
-    from accelerate.utils import DistributedType
-
-    accelerator = trainer.accelerator
-    full_state = None
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        # sharded weights: every rank takes part in gathering them; the main process writes them
-        full_state = accelerator.get_state_dict(trainer.model_wrapped)
+    # sharded weights: every rank takes part in gathering them; the main process writes them
+    full_state = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(trainer.model)
         if hasattr(model, "merge_and_unload"):  # LoRA: the saved model is plain weights
-            if full_state is not None:
-                model.load_state_dict(full_state, strict=False)
-                full_state = None
             model = model.merge_and_unload()
         model.config.use_cache = True
         dtype = source_dtype(source)
