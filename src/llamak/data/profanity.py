@@ -18,6 +18,7 @@ words Kiwi splits apart and English words. An allow list of patterns removes inn
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 from collections import Counter
@@ -99,3 +100,9 @@ class ProfanityFilter:
             last = h.end
         out.append(text[last:])
         return "".join(out), Counter(h.category.upper() for h in hits)
+
+
+@functools.cache
+def default_filter() -> ProfanityFilter:
+    """One filter on the shipped lexicon per process (building one loads Kiwi and compiles the lexicon)."""
+    return ProfanityFilter()

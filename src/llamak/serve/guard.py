@@ -50,13 +50,6 @@ def _rules() -> dict[str, list[tuple[re.Pattern, re.Pattern]]]:
     return {category: [(re.compile(r["ask"], re.I), re.compile(r["what"], re.I)) for r in rules] for category, rules in raw.items()}
 
 
-@functools.cache
-def _profanity():
-    from llamak.data.profanity import ProfanityFilter
-
-    return ProfanityFilter()
-
-
 def language(text: str) -> str:
     from llamak.train.rewards import hangul_share
 
@@ -88,7 +81,7 @@ class Guard:
         if not self.active:
             return Verdict()
         categories = [f"input:{c}" for c in misuse(text)]
-        hits = {h.category for h in _profanity().find(text)}
+        hits = _profanity_categories(text)
         categories += [f"input:profanity:{c}" for c in sorted(hits)]
         block = bool(misuse(text)) or bool(hits & BLOCKING_PROFANITY)
         categories += [f"input:pii:{t}" for t in _pii_types(text)]
@@ -98,9 +91,15 @@ class Guard:
         """A completion: any profanity or personal data (a model must not leak it) blocks."""
         if not self.active:
             return Verdict()
-        categories = [f"output:profanity:{c}" for c in sorted({h.category for h in _profanity().find(text)})]
+        categories = [f"output:profanity:{c}" for c in sorted(_profanity_categories(text))]
         categories += [f"output:pii:{t}" for t in _pii_types(text)]
         return Verdict(categories, self.mode == "block" and bool(categories))
+
+
+def _profanity_categories(text: str) -> set[str]:
+    from llamak.data.profanity import default_filter  # Kiwi and datatrove load on first use, not at import
+
+    return {h.category for h in default_filter().find(text)}
 
 
 def _pii_types(text: str) -> list[str]:
