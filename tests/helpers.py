@@ -37,3 +37,12 @@ def expand_with_tokenizer(src, out, blocks=2):
 
 def random_ids(vocab=256, batch=2, length=19, seed=0):
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for live servers in tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

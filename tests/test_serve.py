@@ -2,7 +2,6 @@
 schemathesis fuzzing our OpenAPI schema, concurrent requests, the guard, tasks and the CLI."""
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from helpers import free_port
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -22,12 +22,6 @@ from llamak.zoo import resolve_model  # noqa: E402
 KEY = "sk-llamak-test"
 MODEL = "tiny"
 KOREAN = [{"role": "user", "content": "한국어로 짧은 이야기를 들려주세요."}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

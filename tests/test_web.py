@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from helpers import free_port
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
 from selenium.common.exceptions import WebDriverException
@@ -56,12 +56,6 @@ def _ensure_chromium():
     pytest.skip(f"headless Chromium not available; {INSTALL_HINT}")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode("utf-8"))
@@ -69,7 +63,7 @@ def _get_json(url, timeout=5):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [sys.executable, "-m", "llamak.cli", "serve", "zoo:tiny-instruct", "--port", str(port), "--host", "127.0.0.1"]
     with open(log, "wb") as out:

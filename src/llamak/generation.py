@@ -81,17 +81,22 @@ def make_generator(model_dir: str | Path, engine: str = "auto", batch_size: int 
     return HFGenerator(model_dir, batch_size=batch_size)
 
 
+def load_for_generation(model_dir: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
+    """Model (eval mode; bf16 on a GPU, float32 on CPU, where bf16 is slow) and tokenizer for inference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval(), tokenizer
+
+
 class HFGenerator:
     def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype | None = None, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model, self.tokenizer = load_for_generation(model_dir, dtype, device)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)  # CPUs are slow in bf16
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self.batch_size = batch_size
 
     def render(self, prompt: Prompt) -> str:

@@ -466,12 +466,15 @@ def human(n: float | None, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def _fmt(value, spec: str) -> str:
+def quantity(value: float | None) -> str:
+    """GB, hours, kWh for a table: three significant digits, no exponents."""
     if value is None:
         return "—"
-    if spec == ".3g":  # quantities: no exponents in a table
-        return "<0.01" if 0 < value < 0.01 else f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
-    return format(value, spec)
+    return "<0.01" if 0 < value < 0.01 else f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def table(result: dict) -> str:
@@ -483,7 +486,7 @@ def table(result: dict) -> str:
         lines.append(
             f"{r['name']:<12}{r['type']:<12}{_fmt(r['layers'], 'd'):>7}{human(r['params']):>9}{human(r['trainable']):>10}"
             f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['per_gpu_gb'], '.1f'):>8}  {r['fits']:<24}"
-            f"{_fmt(r['disk_gb'], '.3g'):>9}{_fmt(r['gpu_hours'], '.3g'):>9}{_fmt(r['hours'], '.3g'):>8}{_fmt(r['energy_kwh'], '.3g'):>9}")
+            f"{quantity(r['disk_gb']):>9}{quantity(r['gpu_hours']):>9}{quantity(r['hours']):>8}{quantity(r['energy_kwh']):>9}")
     t = result["totals"]
     lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:,.0f} GPU-hours ({t['hours']:,.1f} h on {hw['gpus']} GPUs), "
                  f"{t['energy_kwh']:,.0f} kWh (GPUs at TDP), {t['disk_gb']:,.0f} GB of outputs and checkpoints")

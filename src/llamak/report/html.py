@@ -242,13 +242,9 @@ def probes_section(run_dir: Path, order: list[str], stages: dict) -> str:
     return "<h2>Long-context probes</h2>" + "".join(parts) if parts else ""
 
 
-def _sig(value) -> str:
-    return "–" if value is None else f"{value:.3g}"
-
-
 def plan_section(run_dir: Path) -> str:
     """The plan `llamak plan` wrote for this run (memory per GPU, fit, GPU-hours, energy per stage)."""
-    from llamak.planner import human
+    from llamak.planner import human, quantity
 
     path = run_dir / "plan.json"
     if not path.is_file():
@@ -257,8 +253,8 @@ def plan_section(run_dir: Path) -> str:
     hw = plan["hardware"]
     head = "<tr><th>stage</th><th>type</th><th>layers</th><th>params</th><th>trainable</th><th>tokens</th><th>GB per GPU</th><th>fits</th><th>disk GB</th><th>GPU-hours</th><th>kWh</th></tr>"
     rows = [f"<tr><td>{html.escape(r['name'])}</td><td>{r['type']}</td><td>{human(r['layers'])}</td><td>{human(r['params'])}</td>"
-            f"<td>{human(r['trainable'])}</td><td>{human(r['tokens'])}</td><td>{_sig(r['per_gpu_gb'])}</td><td>{html.escape(r['fits'])}</td>"
-            f"<td>{_sig(r['disk_gb'])}</td><td>{_sig(r['gpu_hours'])}</td><td>{_sig(r['energy_kwh'])}</td></tr>" for r in plan["stages"]]
+            f"<td>{human(r['trainable'])}</td><td>{human(r['tokens'])}</td><td>{quantity(r['per_gpu_gb'])}</td><td>{html.escape(r['fits'])}</td>"
+            f"<td>{quantity(r['disk_gb'])}</td><td>{quantity(r['gpu_hours'])}</td><td>{quantity(r['energy_kwh'])}</td></tr>" for r in plan["stages"]]
     chart = bar_plot({r["name"]: r["gpu_hours"] for r in plan["stages"] if r.get("gpu_hours")}, "planned GPU-hours", "GPU-hours")
     t = plan["totals"]
     return (f"<h2>Plan</h2><p>{hw['gpus']} GPUs × {hw['gpu_memory_gb']:g} GB, {hw['peak_tflops']:g} TFLOP/s at MFU {hw['mfu']:.0%}, "

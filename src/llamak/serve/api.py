@@ -48,9 +48,13 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
+    def body(self) -> dict:
+        """OpenAI's error body (also the event a stream sends when it fails after it started)."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
 
 def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+    return JSONResponse(APIError(status, message, type_, param, code).body(), status_code=status)
 
 
 # ---------------------------------------------------------------- request bodies
@@ -138,7 +142,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
     # -------------------------------------------- errors in OpenAI's shape
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
-        return error_response(e.status, e.message, e.type, e.param, e.code)
+        return JSONResponse(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, e: RequestValidationError):
@@ -257,8 +261,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         async for delta, verdict in run(request, user_text):
             last = delta
             if delta.finish_reason == "error":  # headers are sent: report it in the stream, as OpenAI does
-                e = engine_error(delta)
-                yield {"error": {"message": e.message, "type": e.type, "param": None, "code": None}}
+                yield engine_error(delta).body()
                 return
             if delta.text or delta.finish_reason:
                 yield {**head, "choices": [{"index": 0, "delta": {"content": delta.text} if delta.text else {}, "finish_reason": finish(delta.finish_reason)}], **(guard_field(verdict) if delta.finish_reason else {})}
@@ -323,8 +326,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
                             open_ -= 1
                             continue
                         if delta.finish_reason == "error":
-                            e = engine_error(delta)
-                            yield {"error": {"message": e.message, "type": e.type, "param": None, "code": None}}
+                            yield engine_error(delta).body()
                             return
                         if delta.finish_reason:
                             totals[0] += delta.prompt_tokens
@@ -361,7 +363,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         prompt_ids = chat_ids(messages)
         budget(prompt_ids, None)
         scores = await engine.score_async(prompt_ids, use_cases.label_continuations(tokenizer, labels))
-        label = refusal(body.text) if verdict.blocked else labels[max(range(len(labels)), key=scores.__getitem__)]
+        label = refusal(body.text) if verdict.blocked else use_cases.best_label(labels, scores)
         reason = "content_filter" if verdict.blocked else "stop"
         if body.stream:
             async def one():

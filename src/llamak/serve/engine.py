@@ -132,12 +132,9 @@ class HFEngine:
 
     def __init__(self, model_dir: str | Path, max_batch_size: int = 8, batch_wait_s: float = 0.005,
                  dtype: torch.dtype | None = None, device: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from llamak.generation import load_for_generation
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)  # CPUs are slow in bf16
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self.model, self.tokenizer = load_for_generation(model_dir, dtype, device)
         self.device = self.model.device
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 0) or 4096)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from llamak.errors import LlamakError
 from llamak.serve.engine import Request, score_sync, stream_sync
 from llamak.serve.guard import Guard, refusal
-from llamak.serve.tasks import TaskInput, label_continuations, messages
+from llamak.serve.tasks import TaskInput, best_label, label_continuations, messages
 
 
 def chat_prompt_ids(tokenizer, chat: list[dict]) -> list[int]:
@@ -33,7 +33,7 @@ def run_task(engine, item: TaskInput, max_tokens: int = 256, temperature: float 
     if item.task == "classify":
         labels = item.clean_labels()
         scores = score_sync(engine, prompt_ids, label_continuations(engine.tokenizer, labels))
-        best = labels[max(range(len(labels)), key=scores.__getitem__)]
+        best = best_label(labels, scores)
         if on_text:
             on_text(best)
         return {"output": best, "label": best, "scores": dict(zip(labels, scores)), "finish_reason": "stop"}

@@ -80,6 +80,11 @@ def label_continuations(tokenizer, labels: list[str]) -> list[list[int]]:
     return [tokenizer(label, add_special_tokens=False)["input_ids"] + end for label in labels]
 
 
+def best_label(labels: list[str], scores: list[float]) -> str:
+    """The label whose reply the model finds most likely (the first of equals)."""
+    return labels[max(range(len(labels)), key=scores.__getitem__)]
+
+
 def describe() -> dict:
     """What GET /v1/tasks returns: each task's input fields and titles."""
     return {task: {"fields": FIELDS[task], "title": TITLES[task]} for task in TASKS}
