@@ -538,16 +538,9 @@ class Processes:
     the manifest, the report and samples on the main one, with a barrier after each stage."""
 
     def __init__(self):
-        import os
+        from llamak.train.common import process_state
 
-        self.state = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-
-            from llamak.train.common import hardware_flags
-
-            # cpu=True without CUDA: else every rank gets a 1-process state (all "main", no barrier)
-            self.state = PartialState(cpu=hardware_flags()["use_cpu"])
+        self.state = process_state()
 
     @property
     def is_main(self) -> bool:

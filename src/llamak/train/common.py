@@ -228,11 +228,25 @@ def checkpoint_dir(out: Path, fingerprint: str) -> tuple[Path, bool]:
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"fingerprint": fingerprint}))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the others decide only after the tidy-up
-        from accelerate import PartialState
-
-        PartialState(cpu=hardware_flags()["use_cpu"]).wait_for_everyone()  # cpu: else no GPU means no process group (no barrier)
+    wait_for_everyone()  # the others decide only after the tidy-up
     return path, last_complete_checkpoint(path) is not None
+
+
+def process_state():
+    """accelerate's state under `accelerate launch` (WORLD_SIZE > 1), else None. cpu=True without a
+    GPU: otherwise every rank gets a 1-process state (all "main", barriers that do not wait)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=hardware_flags()["use_cpu"])
+
+
+def wait_for_everyone() -> None:
+    """A barrier across `accelerate launch` processes; nothing in a single process."""
+    state = process_state()
+    if state is not None:
+        state.wait_for_everyone()
 
 
 def source_dtype(source: ModelDir):

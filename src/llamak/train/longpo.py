@@ -359,7 +359,7 @@ def run_longpo(config: LongpoConfig, model_dir: Path, out: Path, progress: bool 
     import os
     import shutil
 
-    from llamak.train.common import run_training
+    from llamak.train.common import run_training, wait_for_everyone
 
     out = Path(out)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -368,7 +368,7 @@ def run_longpo(config: LongpoConfig, model_dir: Path, out: Path, progress: bool 
         folder = Path(str(out) + ".synth")
         if main:
             synthesize_pairs(config.synth, model_dir, folder, progress)
-        _wait_for_everyone()
+        wait_for_everyone()
         pairs = folder / "pairs.jsonl"
     before = None
     if config.probes is not None and main:
@@ -385,12 +385,3 @@ def run_longpo(config: LongpoConfig, model_dir: Path, out: Path, progress: bool 
         metrics["probes"] = {"before": before["accuracy"], "after": after["accuracy"]}
         shutil.rmtree(before_dir.parent, ignore_errors=True)
     return metrics
-
-
-def _wait_for_everyone() -> None:
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
