@@ -243,7 +243,7 @@ report = {"rank": state.process_index, "world": state.num_processes, "backend": 
 PartialState._reset_state()              # as `llamak run` starts: Processes() comes first
 procs = Processes()
 report |= {"recipe_is_main": procs.is_main, "recipe_world": PartialState().num_processes}
-print("PROBE " + json.dumps(report), flush=True)
+(out / f"probe-{report['rank']}.json").write_text(json.dumps(report))  # a file each: two ranks' stdout lines can interleave
 """
 
 
@@ -253,7 +253,7 @@ def probe(tmp_path_factory):
     (root / "probe.py").write_text(PROBE)
     proc = subprocess.run([*DDP_CPU, str(root / "probe.py"), str(root)], capture_output=True, text=True, env=clean_env(), timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return sorted((json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("PROBE ")), key=lambda r: r["rank"])
+    return sorted((json.loads(f.read_text()) for f in root.glob("probe-*.json")), key=lambda r: r["rank"])
 
 
 def test_ddp_cpu_config_gives_two_gloo_processes(probe):
