@@ -151,15 +151,17 @@ def test_corrupt_manifest_is_a_clear_error(llama3_pair, data, tmp_path):
         run_recipe(recipe, tmp_path / "runs")
 
 
-def test_bad_trainer_values_are_one_line_errors(tmp_path):
+def test_bad_trainer_values_are_one_line_errors(tiny_llama, tmp_path):
     from trl import SFTConfig
 
+    from llamak.checkpoint import ModelDir
     from llamak.train.common import TrainSettings, build_config
 
+    source = ModelDir.open(tiny_llama)
     with pytest.raises(LlamakError, match="SFTConfig: .*bogus"):
-        build_config(SFTConfig, TrainSettings(lr_scheduler="bogus"), tmp_path)
+        build_config(SFTConfig, TrainSettings(lr_scheduler="bogus"), tmp_path, source)
     with pytest.raises(LlamakError, match="SFTConfig: .*no_such_field"):
-        build_config(SFTConfig, TrainSettings(trainer={"no_such_field": 1}), tmp_path)
+        build_config(SFTConfig, TrainSettings(trainer={"no_such_field": 1}), tmp_path, source)
 
 
 def test_only_and_from_name_real_stages(llama3_pair, data, tmp_path):

@@ -1,8 +1,9 @@
-"""What every training stage shares: settings, hardware flags, freezing from the layer map, LoRA,
-resumable checkpoints, and saving the result as a plain model directory with lineage.
+"""What every training stage shares: settings, the one model builder, freezing from the layer map,
+LoRA, resumable checkpoints, and saving the result as a plain model directory with lineage.
 
 The trainers themselves are TRL's (`SFTTrainer` for CPT and SFT); this module only turns a stage's
-settings into a TRL config and prepares the model. The layer map in the input's `llamak.json` says
+settings into a TRL config (first: it carries the sharding, see `sharding.py`) and then builds the
+model (`build_model`, after the config, so that ZeRO-3/FSDP2 shard it while it loads). The layer map in the input's `llamak.json` says
 which blocks are inserted — nobody recomputes that from a stride here.
 """
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llamak.checkpoint import ModelDir
 from llamak.errors import LlamakError
 from llamak.lineage import LayerMap, atomic_output, content_hash, file_fingerprint, inserted_layers, make_lineage, write_lineage
+from llamak.train.sharding import SHARDED, current_sharding, load_dtype, trainer_fields, upcast_trainable
 
 log = logging.getLogger("llamak")
 
@@ -74,14 +76,6 @@ class TrainSettings(BaseModel):
         return trainer
 
 
-def hardware_flags() -> dict:
-    """`use_cpu`/`bf16` from the hardware: TRL configs default to bf16 and fail on CPU otherwise."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return {"use_cpu": not cuda, "bf16": bool(cuda and torch.cuda.is_bf16_supported())}
-
-
 def expand_globs(patterns: list[str], what: str) -> list[Path]:
     """Files matching each pattern (relative to the working directory); a pattern matching nothing is an error."""
     files: list[Path] = []
@@ -113,22 +107,40 @@ def read_jsonl(path: Path, required: str) -> list[dict]:
     return rows
 
 
-def load_for_training(model_dir: Path):
-    """Model, tokenizer and `ModelDir` (config, lineage, layer map).
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
 
-    Weights load in float32 — the optimizer's master copy; on a GPU `bf16=True` then autocasts the
-    compute — and are saved back in the checkpoint's own dtype, so a bf16 input gives a bf16
-    output whose frozen layers are bit-identical (bf16 → fp32 → bf16 is exact).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = ModelDir.open(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, source
+    return tokenizer
+
+
+def load_model(source: ModelDir, args, config=None):
+    """THE loader of every model a training stage builds (policy or frozen reference).
+
+    Call it after the Trainer config `args` exists: that config carries the sharding, so ZeRO-3's
+    `zero.Init` partitions the weights while they load and FSDP2 reads them on rank 0 only; the
+    dtype follows `sharding.load_dtype` (the checkpoint's own under a sharding engine, never a whole
+    float32 copy per rank). `config`: a changed model config (e.g. LongPO's RoPE).
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = load_dtype(current_sharding(), source_dtype(source), bool(args.bf16))
+    kwargs = {"config": config} if config is not None else {}
+    return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
+
+
+def build_model(source: ModelDir, args, mode: Literal["inserted", "all", "lora"], settings: TrainSettings, config=None):
+    """The trainable model of a stage: loaded by `load_model`, its trainable part chosen by `mode`,
+    trainable parameters upcast to float32 when replicated from a bf16 checkpoint. Returns
+    (model, {trainable, total, share, load dtype, sharding})."""
+    model = load_model(source, args, config)
+    loaded = str(next(model.parameters()).dtype).removeprefix("torch.")
+    model, params = prepare_trainable(model, mode, settings, source.layer_map)
+    if current_sharding() not in SHARDED:
+        upcast_trainable(model)
+    return model, {**params, "load_dtype": loaded, "sharding": current_sharding()}
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -201,7 +213,6 @@ def trl_config_kwargs(settings: TrainSettings, checkpoints: Path) -> dict:
         report_to=[],
         include_num_input_tokens_seen=True,
         dataloader_num_workers=0,
-        **hardware_flags(),
     )
     return kwargs
 
@@ -239,7 +250,9 @@ def process_state():
         return None
     from accelerate import PartialState
 
-    return PartialState(cpu=hardware_flags()["use_cpu"])
+    import torch
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def wait_for_everyone() -> None:
@@ -264,14 +277,17 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
 
 
-def build_config(config_class, settings: TrainSettings, checkpoints: Path, **stage_fields):
-    """Instantiate a TRL config; a field TRL does not know or a value it rejects is a one-line error."""
-    kwargs = trl_config_kwargs(settings, checkpoints) | stage_fields
+def build_config(config_class, settings: TrainSettings, checkpoints: Path, source: ModelDir, **stage_fields):
+    """Instantiate a TRL config — before any model is built, since it carries the sharding (see
+    `load_model`); a field TRL does not know or a value it rejects is a one-line error."""
+    kwargs = trl_config_kwargs(settings, checkpoints) | trainer_fields(current_sharding(), source_dtype(source)) | stage_fields
     kwargs.update(settings.trainer)
     try:
-        return config_class(**kwargs)
+        args = config_class(**kwargs)
     except (TypeError, ValueError) as e:
         raise LlamakError(f"{config_class.__name__}: {' '.join(str(e).split())}") from None
+    args.world_size  # sets up the process group (and DeepSpeed's zero.Init config) now, before loading
+    return args
 
 
 def run_training(stage: str, make_trainer, config: TrainSettings, model_dir: Path, out: Path) -> dict:

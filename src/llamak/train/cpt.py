@@ -25,7 +25,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
-from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
+from llamak.checkpoint import ModelDir
+from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -147,7 +148,7 @@ def make_trainer(config: CptConfig, model_dir: Path, checkpoints: Path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer, source = load_for_training(model_dir)
+    source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     if config.packed is not None:
         dataset, mix_report = load_packed(config, model_dir)
         log.info("cpt corpus: %d packed rows, %d tokens from %s", mix_report["rows"], mix_report["tokens"], config.packed)
@@ -159,8 +160,8 @@ def make_trainer(config: CptConfig, model_dir: Path, checkpoints: Path):
         log.info("cpt corpus: %d documents, tokens %s, shares %s", mix_report["documents"], mix_report["tokens"], mix_report["share"])
         dataset = Dataset.from_dict({"text": texts})
         packing = dict(packing=True, packing_strategy="bfd_split", dataset_text_field="text", max_length=config.seq_len)  # split long documents, never truncate
-    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
-    args = build_config(SFTConfig, config, checkpoints, **packing)
+    args = build_config(SFTConfig, config, checkpoints, source, **packing)
+    model, params = build_model(source, args, config.trainable, config)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     return trainer, tokenizer, source, {**params, "corpus": mix_report}
 

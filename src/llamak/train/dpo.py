@@ -25,7 +25,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
-from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
+from llamak.checkpoint import ModelDir
+from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_model, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -98,24 +99,25 @@ def make_trainer(config: DpoConfig, model_dir: Path, checkpoints: Path, referenc
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model, tokenizer, source = load_for_training(model_dir)
+    source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     rows = read_preferences(config.data_files())
     log.info("dpo: %d preference pairs", len(rows))
-    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
-    ref_model = None
-    if config.trainable != "lora" and (reference or not config.precompute_ref_log_probs):
-        ref_model, _, _ = load_for_training(reference or model_dir)
-        ref_model.requires_grad_(False).eval()
     args = build_config(
         DPOConfig,
         config,
         checkpoints,
+        source,
         max_length=config.seq_len,
         beta=config.beta,
         loss_type=config.loss_type,
         loss_weights=config.loss_weights,
         precompute_ref_log_probs=config.precompute_ref_log_probs,
     )
+    model, params = build_model(source, args, config.trainable, config)
+    ref_model = None
+    if config.trainable != "lora" and (reference or not config.precompute_ref_log_probs):
+        ref_model = load_model(ModelDir.open(reference or model_dir, role="reference"), args)
+        ref_model.requires_grad_(False).eval()
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     return trainer, tokenizer, source, {**params, "pairs": len(rows)}
 

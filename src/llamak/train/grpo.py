@@ -31,7 +31,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
-from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
+from llamak.checkpoint import ModelDir
+from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 from llamak.train.dpo import is_chat
 
 log = logging.getLogger("llamak")
@@ -95,15 +96,15 @@ def make_trainer(config: GrpoConfig, model_dir: Path, checkpoints: Path):
 
     from llamak.train.rewards import build_rewards
 
-    model, tokenizer, source = load_for_training(model_dir)
+    source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     rows = read_prompts(config.data_files())
     funcs, weights = build_rewards(config.rewards, config.reward_params)
     log.info("grpo: %d prompts × %d generations, rewards %s", len(rows), config.num_generations, dict(zip(config.rewards, weights)))
-    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
     args = build_config(
         GRPOConfig,
         config,
         checkpoints,
+        source,
         num_generations=config.num_generations,
         max_completion_length=config.max_completion_length,
         temperature=config.temperature,
@@ -113,6 +114,7 @@ def make_trainer(config: GrpoConfig, model_dir: Path, checkpoints: Path):
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
     )
+    model, params = build_model(source, args, config.trainable, config)
     # With beta > 0 and no adapters TRL loads the reference from the model's own path: the stage's
     # input directory (never a Trainer checkpoint, since the policy is always loaded from the input).
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)

@@ -106,6 +106,7 @@ def reference_logps(model, tokenizer, records: list[dict], template: str) -> lis
     """Σ over turns of log π_ref(answer | short chunk + question), chosen and rejected, per record —
     computed once, before training, by the model the stage starts from (the short-context reference)."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for record in records:
         sums = []
@@ -113,7 +114,8 @@ def reference_logps(model, tokenizer, records: list[dict], template: str) -> lis
             total = 0.0
             for turn in record["turns"]:
                 ids, labels = encode(tokenizer, short_messages(turn, side), template)
-                total += answer_logps(model(torch.tensor([ids])).logits.float(), torch.tensor([labels])).item()
+                logits = model(torch.tensor([ids], device=device)).logits.float()
+                total += answer_logps(logits, torch.tensor([labels], device=device)).item()
             sums.append(total)
         out.append((sums[0], sums[1]))
     return out
@@ -272,30 +274,51 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path, pairs
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from llamak.train.common import build_config, load_for_training, prepare_trainable
+    from llamak.checkpoint import ModelDir
+    from llamak.train.common import build_config, build_model, load_model, load_tokenizer
     from llamak.train.sft import assistant_mask_template
 
-    model, tokenizer, source = load_for_training(model_dir)
+    source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     template = assistant_mask_template(tokenizer)
     pairs = pairs or config.pairs_file()
     records = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
-    refs = cached_reference_logps(pairs, model_dir, lambda: reference_logps(model, tokenizer, records, template))
-    rows = examples(tokenizer, records, refs, template)
-    if config.rope_theta or config.rope_parameters:
-        model = load_with_rope(model_dir, config.rope_theta, config.rope_parameters)
-    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
-    args = build_config(TrainingArguments, config, checkpoints, remove_unused_columns=False)
+    args = build_config(TrainingArguments, config, checkpoints, source, remove_unused_columns=False)
+    rope = rope_config(model_dir, config.rope_theta, config.rope_parameters)
+    model, params = build_model(source, args, config.trainable, config, rope)
     trainer = trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        model=model, args=args, train_dataset=None, processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), weights=LongPOWeights(config.beta, config.pref_weight, config.nll_weight),
     )
+
+    def compute_refs():
+        # the short-context reference is the input model with its own RoPE: the policy itself
+        # before any step, or a second frozen copy when the policy's RoPE was changed
+        reference = model if rope is None else load_model(source, args).requires_grad_(False)
+        return reference_logps(inference_engine(trainer, reference), tokenizer, records, template)
+
+    refs = cached_reference_logps(pairs, model_dir, compute_refs)
+    trainer.train_dataset = Dataset.from_list(examples(tokenizer, records, refs, template))
     return trainer, tokenizer, source, {**params, "records": len(records), "pairs": sum(len(r["turns"]) for r in records)}
 
 
-def load_with_rope(model_dir: Path, rope_theta: float | None, rope_parameters: dict | None):
-    """The policy with changed RoPE settings (the rotary tables are built from the config at load)."""
-    import torch as _torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def inference_engine(trainer, model):
+    """A model that can run forward passes before training starts. Under ZeRO-3 the weights are
+    partitioned at load: wrap them in a DeepSpeed inference engine that gathers each layer's
+    weights in turn (TRL's `prepare_deepspeed`, what its DPOTrainer does for precomputed
+    reference log-probs). Elsewhere the model as it is."""
+    if not trainer.is_deepspeed_enabled:
+        return model
+    from trl.models import prepare_deepspeed
+
+    return prepare_deepspeed(model, trainer.accelerator)
+
+
+def rope_config(model_dir: Path, rope_theta: float | None, rope_parameters: dict | None):
+    """The policy's model config with changed RoPE settings (the rotary tables are built from the
+    config at load), or None to keep the model's own."""
+    if not rope_theta and not rope_parameters:
+        return None
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
     rope = dict(getattr(config, "rope_parameters", None) or {})
@@ -303,13 +326,14 @@ def load_with_rope(model_dir: Path, rope_theta: float | None, rope_parameters: d
     if rope_theta:
         rope["rope_theta"] = rope_theta
     config.rope_parameters = rope
-    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=_torch.float32)
+    return config
 
 
 def cached_reference_logps(pairs: Path, model_dir: Path, compute) -> list[tuple[float, float]]:
     """Reference log-probs stored beside the pairs, keyed by the reference model's content hash and
     the pairs' fingerprint: computed once, reused by reruns and resumes."""
     import json
+    import os
 
     from llamak.lineage import content_hash, file_fingerprint
 
@@ -317,10 +341,11 @@ def cached_reference_logps(pairs: Path, model_dir: Path, compute) -> list[tuple[
     cache = pairs.with_name(f"ref_logps.{key}.json")
     if cache.is_file():
         return [tuple(x) for x in json.loads(cache.read_text())]
-    refs = compute()
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(refs))
-    tmp.replace(cache)
+    refs = compute()  # on every rank: under ZeRO-3 the forward passes are collective
+    if int(os.environ.get("RANK", "0")) == 0:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(refs))
+        tmp.replace(cache)
     return refs
 
 

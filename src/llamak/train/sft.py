@@ -26,7 +26,8 @@ from llamak.chat_template import (
     strip_generation_markers,
 )
 from llamak.errors import LlamakError
-from llamak.train.common import TrainSettings, build_config, expand_globs, load_for_training, prepare_trainable, read_jsonl, run_training
+from llamak.checkpoint import ModelDir
+from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -76,19 +77,20 @@ def make_trainer(config: SftConfig, model_dir: Path, checkpoints: Path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer, source = load_for_training(model_dir)
+    source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     marked = tokenizer.chat_template = assistant_mask_template(tokenizer)
     chats = read_chats(config.data_files())
     log.info("sft: %d conversations", len(chats))
-    model, params = prepare_trainable(model, config.trainable, config, source.layer_map)
     args = build_config(
         SFTConfig,
         config,
         checkpoints,
+        source,
         max_length=config.seq_len,
         packing=config.packing,
         assistant_only_loss=True,
     )
+    model, params = build_model(source, args, config.trainable, config)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"messages": chats}), processing_class=tokenizer)
     # The dataset is tokenized: save the template the model was trained on, without the markers.
     tokenizer.chat_template = strip_generation_markers(marked)
