@@ -46,6 +46,23 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (wri
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (only after the new output is complete).")]
 ShardOpt = Annotated[str, typer.Option("--shard-size", help="Largest output shard, e.g. 5GB, 500MB, or bytes.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+ProcessesOpt = Annotated[Optional[int], typer.Option("--processes", min=1, show_default=False,
+                         help="Processes per node for training stages (one per GPU; CPU: gloo). Overrides `launch:` and NPROC_PER_NODE.")]
+NodesOpt = Annotated[Optional[int], typer.Option("--nodes", min=1, show_default=False,
+                     help="Nodes (under Slurm: srun across the allocation; else set NODE_RANK, MASTER_ADDR, MASTER_PORT). Overrides `launch:` and NNODES.")]
+ShardingOpt = Annotated[Optional[str], typer.Option("--sharding", show_default=False,
+                        help="zero3 | zero3_offload (DeepSpeed) | fsdp2 (GPUs) | ddp | none. Overrides `launch:`.")]
+
+
+def launch_override(processes: int | None, nodes: int | None, sharding: str | None):
+    """The command line's launch settings (None fields leave the recipe's and the stage's)."""
+    from llamak.launch import LaunchSettings
+    from llamak.train.sharding import SHARDINGS
+
+    if sharding is not None and sharding not in SHARDINGS:
+        raise LlamakError(f"--sharding {sharding!r}: expected one of {', '.join(SHARDINGS)}")
+    return LaunchSettings(processes=processes, nodes=nodes, sharding=sharding)
+
 
 def parse_int_list(text: str, flag: str) -> list[int]:
     try:
@@ -465,6 +482,10 @@ RUN_EPILOG = """Examples:
 
     llamak run recipes/tiny.yaml --only cpt      # rerun one stage (its inputs must exist)
 
+    llamak run recipes/tiny.yaml --processes 2   # training stages on 2 processes (DDP; gloo on CPU)
+
+    llamak run recipes/llama-k-70b.yaml --nodes 4 --processes 8 --sharding zero3   # in a Slurm allocation
+
 Outputs go to OUT/<recipe name>/<stage>/, with manifest.json and report.html beside them.
 """
 
@@ -478,17 +499,25 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Rerun every stage.")] = False,
     no_sample: Annotated[bool, typer.Option("--no-sample", help="Do not print a chat sample from the final model.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the recipe: schema, inputs exist or are reachable, layer maps, stage compatibility (configs only, no weights).")] = False,
+    processes: ProcessesOpt = None,
+    nodes: NodesOpt = None,
+    sharding: ShardingOpt = None,
 ) -> None:
-    """Run a recipe: its stages in order, skipping those already finished with the same config."""
+    """Run a recipe: its stages in order, skipping those already finished with the same config.
+
+    Training stages (cpt, sft, dpo, grpo, longpo) run on launched processes when the recipe's or the
+    stage's `launch:` (or --processes/--nodes/--sharding) asks for more than one or for sharding;
+    everything else runs in this process."""
     from llamak.recipe import dry_run as check_recipe, run_recipe
 
+    override = launch_override(processes, nodes, sharding)
     if dry_run:
-        for line in check_recipe(recipe):
+        for line in check_recipe(recipe, override):
             typer.echo(line)
         return
     if only and (start or force):
         raise LlamakError("--only runs one stage; it cannot be combined with --from or --force")
-    run_recipe(recipe, out, only=only, start=start, force=force, sample=not no_sample)
+    run_recipe(recipe, out, only=only, start=start, force=force, sample=not no_sample, launch=override)
 
 
 @app.command(epilog="Examples:\n\n    llamak plan recipes/llama-k-70b.yaml --gpus 64\n\n"
@@ -523,11 +552,11 @@ def plan(
     typer.echo(f"wrote {path}")
 
 
-def _train(kind: str, config_path: Path) -> None:
-    from llamak.recipe import STAGES, load_stage_file
+def _train(kind: str, config_path: Path, override) -> None:
+    from llamak.recipe import load_stage_file, train_stage
 
     config, model, out = load_stage_file(kind, config_path)
-    metrics = STAGES[kind].run(config, model, out, None)
+    metrics = train_stage(kind, config, model, out, override)
     typer.echo(f"{kind}: {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f}: {out}")
 
 
@@ -536,7 +565,7 @@ def train_epilog(kind: str, model: str, fields: str) -> str:
     lines = "\n".join(f"    {line}" for line in [f"model: {model}", f"out: runs/my-{kind}", *fields.splitlines()])
     return (
         "The CONFIG file holds the stage's fields (as in a recipe) plus `model:` (input) and `out:`:\n\n"
-        f"{lines}\n\nMulti-process: accelerate launch --multi_gpu --num_processes 2 -m llamak.cli train {kind} CONFIG\n"
+        f"{lines}\n\nMulti-process: llamak train {kind} CONFIG --processes 8 --sharding zero3 (or `launch:` in CONFIG)\n"
     )
 
 
@@ -556,8 +585,13 @@ TRAIN_COMMANDS = {
 
 
 def train_command(kind: str, summary: str):
-    def command(config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)]) -> None:
-        _train(kind, config)
+    def command(
+        config: Annotated[Path, typer.Argument(help="Stage config YAML.", show_default=False)],
+        processes: ProcessesOpt = None,
+        nodes: NodesOpt = None,
+        sharding: ShardingOpt = None,
+    ) -> None:
+        _train(kind, config, launch_override(processes, nodes, sharding))
 
     command.__doc__ = summary
     return command

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llamak.energy import track_energy
 from llamak.errors import LlamakError
+from llamak.launch import Launch, LaunchSettings, env_settings, inside_launch, resolve_launch, run_launched
 from llamak.lineage import content_hash, file_fingerprint
 
 log = logging.getLogger("llamak")
@@ -54,6 +56,7 @@ class StageFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$")  # defaults to the type; needed to repeat a type
     model: str | None = None  # input: an earlier stage, base, instruct, zoo:NAME or a path (default: previous stage)
+    launch: LaunchSettings | None = None  # processes/nodes/sharding of a launched (training) stage; overrides the recipe's
 
 
 class ExpandStage(StageFields):
@@ -116,7 +119,7 @@ class MergeStage(StageFields):
 
 # Fields that say where a stage runs, not what it makes: they do not enter its hash (changing them
 # reruns nothing).
-WHERE_NOT_WHAT = {"executor"}
+WHERE_NOT_WHAT = {"executor", "launch"}
 
 
 class DataStage(StageFields):
@@ -229,6 +232,7 @@ class StageType:
     config: Callable[[], type[BaseModel]]  # lazily built: training configs import pydantic models only
     run: Callable[..., dict]
     trains: bool = False
+    launched: bool = False  # runs on the launched processes (see launch.py); otherwise in the driver
     makes_model: bool = True  # the next stage's default input
     refs: Callable[[BaseModel], list[tuple[str, str]]] = lambda config: []  # (field, model) it reads besides its input
 
@@ -365,11 +369,11 @@ STAGES: dict[str, StageType] = {
         lambda: ChatVectorStage, _run_chat_vector, refs=lambda c: [("base", c.base or "base"), ("instruct", c.instruct or "instruct")]
     ),
     "merge": StageType(lambda: MergeStage, _run_merge, refs=lambda c: [("models", r) for r in c.model_refs()]),
-    "cpt": StageType(_cpt_stage, _run_cpt, trains=True),
-    "sft": StageType(_sft_stage, _run_sft, trains=True),
-    "dpo": StageType(_dpo_stage, _run_dpo, trains=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
-    "grpo": StageType(_grpo_stage, _run_grpo, trains=True),
-    "longpo": StageType(_longpo_stage, _run_longpo, trains=True),
+    "cpt": StageType(_cpt_stage, _run_cpt, trains=True, launched=True),
+    "sft": StageType(_sft_stage, _run_sft, trains=True, launched=True),
+    "dpo": StageType(_dpo_stage, _run_dpo, trains=True, launched=True, refs=lambda c: [("reference", c.reference)] if c.reference else []),
+    "grpo": StageType(_grpo_stage, _run_grpo, trains=True, launched=True),
+    "longpo": StageType(_longpo_stage, _run_longpo, trains=True, launched=True),
     "card": StageType(lambda: CardStage, _run_card, makes_model=False),
     "eval": StageType(_eval_stage, _run_eval, makes_model=False, refs=lambda c: [("models", r) for r in c.model_list() if r != "input"]),
 }
@@ -393,6 +397,7 @@ class Recipe(BaseModel):
     sample: list[str] = ["대한민국의 수도는 어디인가요?", "Summarise in one sentence: Seoul is the capital of South Korea."]
     energy: bool = True  # kWh and CO₂ of every stage (codecarbon's offline tracker)
     energy_country: str = Field("KOR", pattern=r"^[A-Z]{3}$")  # ISO 3166 alpha-3: the grid's carbon intensity
+    launch: LaunchSettings | None = None  # how training stages are launched: {processes, nodes, sharding}
     stages: list[dict] = Field(min_length=1)
 
 
@@ -502,6 +507,40 @@ def with_stage_paths(stage: Stage, run_dir: Path, names: list[str]) -> Stage:
     return Stage(stage.type, stage.name, stage.config.model_copy(update={"packed": str(run_dir / ref / "packed")}))
 
 
+@dataclass
+class ResolvedStage:
+    """A stage as running, planning and dry-running all see it: its inputs and where it runs."""
+
+    stage: Stage  # `packed: data` already turned into that stage's packed/ folder
+    input: str  # the model reference it reads: an earlier stage, base, instruct, zoo:NAME or a path
+    reads: list[str]  # other references it reads (chat vector's base/instruct, merge models, packed data, …)
+    launch: Launch  # processes, nodes and sharding (world size 1, in the driver, for untrained stages)
+
+
+def resolve_stages(recipe: Recipe, stages: list[Stage], run_dir: Path, override: LaunchSettings | None = None) -> list[ResolvedStage]:
+    """Every stage's input, other references and launch settings — the one place they are decided.
+
+    A stage reads the previous model-making stage's output unless `model:` says otherwise; a `data`
+    stage packs with the recipe's base tokenizer. Launch settings: the recipe's `launch:`, then the
+    stage's, then NPROC_PER_NODE/NNODES, then the command line (`override`)."""
+    names = [s.name for s in stages]
+    env = env_settings()
+    resolved: list[ResolvedStage] = []
+    previous = "base"
+    for stage in stages:
+        kind = STAGES[stage.type]
+        input_ref = stage.config.model or ("base" if stage.type == "data" else previous)
+        if kind.makes_model:
+            previous = stage.name
+        reads = [ref for _, ref in kind.refs(stage.config)]
+        if data_ref(stage, names):
+            reads.append(data_ref(stage, names))
+            stage = with_stage_paths(stage, run_dir, names)
+        launch = resolve_launch(recipe.launch, stage.config.launch, env, override) if kind.launched else Launch()
+        resolved.append(ResolvedStage(stage, input_ref, reads, launch))
+    return resolved
+
+
 def stage_hash(stage: Stage, input_key: str, extra_keys: list[str]) -> str:
     """Hash of what determines a stage's output: type, config, inputs (upstream hashes) and data files."""
     data = getattr(stage.config, "data_files", lambda: [])()
@@ -570,7 +609,7 @@ def preflight(ctx: RunContext, stages: list[Stage], recipe_path: Path) -> None:
             raise LlamakError(f"{recipe_path}: {field} {ref!r}: no such directory")
 
 
-def dry_run(recipe_path: Path) -> list[str]:
+def dry_run(recipe_path: Path, override: LaunchSettings | None = None) -> list[str]:
     """Check a recipe without running anything heavy: its schema, that its inputs exist or are
     reachable (data globs, local models; hub models by their shipped or fetched config), layer maps
     and stage compatibility from configs only. Returns the lines to print; raises on the first error."""
@@ -594,8 +633,9 @@ def run_recipe(
     start: str | None = None,
     force: bool = False,
     sample: bool = True,
+    launch: LaunchSettings | None = None,
 ) -> dict:
-    """Run (or resume) a recipe; returns the manifest."""
+    """Run (or resume) a recipe; returns the manifest. `launch` overrides every stage's launch settings."""
     recipe, stages = load_recipe(recipe_path)
     names = [s.name for s in stages]
     for flag, value in (("--only", only), ("--from", start)):
@@ -613,15 +653,8 @@ def run_recipe(
     keys: dict[str, str] = {}
     forced = set(names) if force else set(names[names.index(start):]) if start else set()
 
-    previous = "base"
-    for stage in stages:
-        input_ref = stage.config.model or previous
-        if STAGES[stage.type].makes_model:
-            previous = stage.name
-        extra = [ref for _, ref in STAGES[stage.type].refs(stage.config)]
-        if data_ref(stage, names):
-            extra.append(data_ref(stage, names))
-            stage = with_stage_paths(stage, run_dir, names)
+    for resolved in resolve_stages(recipe, stages, run_dir, launch):
+        stage, input_ref, extra = resolved.stage, resolved.input, resolved.reads
         inputs = [keys.get(ref) or external_key(ctx, ref) for ref in [input_ref, *extra]]
         h = stage_hash(stage, inputs[0], inputs[1:])
         out_dir = run_dir / stage.name
@@ -640,8 +673,12 @@ def run_recipe(
         model = ctx.resolve(input_ref, f"stage {stage.name}: model")
         started = time.time()
         metrics = {}
+        where = resolved.launch
         with track_energy(recipe.energy_country, enabled=recipe.energy and procs.is_main) as energy:
-            if STAGES[stage.type].trains or procs.is_main:
+            if where.launched and not inside_launch():
+                metrics = run_launched(stage.name, stage.type, launched_config(stage, where, ctx), model, out_dir, where)
+            elif STAGES[stage.type].launched or procs.is_main:
+                where = Launch(int(os.environ.get("WORLD_SIZE", "1")))  # in this process (or all of an outer `accelerate launch`)
                 metrics = STAGES[stage.type].run(stage.config, model, out_dir, ctx)
         procs.barrier()
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
@@ -655,7 +692,8 @@ def run_recipe(
             "seconds": round(time.time() - started, 2),
             "finished": finished,
             "metrics": metrics,
-            "energy": energy or None,  # this process's share on a multi-process run
+            "energy": energy or None,  # the driver's share (a launched stage's processes are not metered)
+            "launch": where.record() if STAGES[stage.type].launched else None,  # world size and sharding it ran with
         }
         if procs.is_main:
             write_manifest(run_dir, manifest)
@@ -668,6 +706,26 @@ def run_recipe(
         if sample and recipe.sample and only is None and models:
             print_samples(run_dir / models[-1], recipe.sample)
     return manifest
+
+
+def train_stage(kind: str, config: BaseModel, model: Path, out: Path, override: LaunchSettings | None = None) -> dict:
+    """`llamak train KIND CONFIG`: one training stage, launched like a recipe's (the CONFIG's own
+    `launch:`, then NPROC_PER_NODE/NNODES, then the command line)."""
+    launch = resolve_launch(config.launch, env_settings(), override)
+    if launch.launched and not inside_launch():
+        config = config.model_copy(update={"launch": launch.settings()})
+        return run_launched(kind, kind, config, model, out, launch)
+    return STAGES[kind].run(config, model, out, None)
+
+
+def launched_config(stage: Stage, launch: Launch, ctx: RunContext) -> BaseModel:
+    """The stage config handed to launched processes: references to models resolved to paths (the
+    processes know no recipe) and the launch it runs with (part of its checkpoint fingerprint: a
+    checkpoint is not resumed on a different world size or sharding)."""
+    update: dict = {"launch": launch.settings()}
+    for field, ref in STAGES[stage.type].refs(stage.config):
+        update[field] = str(ctx.resolve(ref, f"{stage.type}.{field}"))
+    return stage.config.model_copy(update=update)
 
 
 def external_key(ctx: RunContext, ref: str) -> str:

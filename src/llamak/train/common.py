@@ -144,8 +144,11 @@ def build_model(source: ModelDir, args, mode: Literal["inserted", "all", "lora"]
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) — the full counts also under ZeRO-3, whose partitioned parameters are
+    empty tensors carrying their real size in `ds_numel`."""
+    numel = lambda p: getattr(p, "ds_numel", None) or p.numel()  # noqa: E731
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel(p) for p in model.parameters())
 
 
 def freeze_all_but_inserted(model, layer_map: LayerMap) -> list[int]:
