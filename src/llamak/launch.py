@@ -99,7 +99,13 @@ def resolve_launch(*layers: LaunchSettings | None) -> Launch:
     for layer in layers:
         if layer is not None:
             fields |= layer.model_dump(exclude_none=True)
-    return Launch(**fields)
+    launch = Launch(**fields)
+    # several replicas without sharding is DDP, and one process has nothing to replicate
+    if launch.world_size > 1 and launch.sharding == "none":
+        return Launch(launch.processes, launch.nodes, "ddp")
+    if launch.world_size == 1 and launch.sharding == "ddp":
+        return Launch(1, 1, "none")
+    return launch
 
 
 def inside_launch() -> bool:
