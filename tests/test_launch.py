@@ -1,10 +1,7 @@
-"""`accelerate launch` for llamak: the shipped accelerate configs (recipes/accelerate/) as accelerate
-itself reads them, the Slurm script's per-node commands, and a real 2-process DDP run (gloo on CPU)
-of a CPT stage through `accelerate launch -m llamak.cli`.
-
-DeepSpeed itself is not installed here (it is a GPU package: its engine and its CPU-Adam op need
-CUDA): the DeepSpeed configs are checked up to the `DeepSpeedPlugin` accelerate builds from the
-launcher's environment, which needs no deepspeed; the engine is what the GPU run exercises.
+"""`accelerate launch` by hand for llamak: the shipped accelerate configs (recipes/accelerate/) as
+accelerate itself reads them, and a real 2-process DDP run (gloo on CPU) of a CPT stage through
+`accelerate launch -m llamak.cli`. llamak's own launcher (`--processes`, `launch:`), which reads the
+same files, is tested in test_distributed.py.
 """
 
 from __future__ import annotations
@@ -183,41 +180,6 @@ def test_fsdp2_plugin_from_the_launch_environment(monkeypatch):
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)  # what accelerate's FSDP2 prepare applies
     wrapped = [m for m in model.modules() if policy(m)]
     assert len(wrapped) == 2 and all(isinstance(m, LlamaDecoderLayer) for m in wrapped)
-
-
-def test_slurm_script_runs_one_launcher_per_node_with_its_rank(tmp_path):
-    """slurm_zero3.sbatch with stand-in srun/scontrol/accelerate: each node's command line, parsed
-    by accelerate's own launcher code, is a torchrun of 8 processes with that node's rank."""
-    from accelerate.commands.launch import (
-        _validate_launch_command,
-        launch_command_parser,
-    )
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a01\\ngpu-a02\\ngpu-a03\\ngpu-a04\\n"\n')
-    # srun: drop its options, run the command once per node with that node's SLURM_NODEID
-    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
-                                  'for i in $(seq 0 $((SLURM_NNODES-1))); do SLURM_NODEID=$i "$@" || exit 1; done\n')
-    (bin_dir / "accelerate").write_text(f'#!/bin/bash\nexec {sys.executable} -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"\n')
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", ACCELERATE=str(bin_dir / "accelerate"),
-                    SLURM_JOB_NODELIST="gpu-a[01-04]", SLURM_NNODES="4")
-    proc = subprocess.run(["bash", str(CONFIGS / "slurm_zero3.sbatch"), "recipes/llama-k-70b.yaml", "--from", "cpt"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert len(lines) == 4
-    for rank, argv in enumerate(lines):
-        assert argv[0] == "launch"
-        args = launch_command_parser().parse_args(argv[1:])
-        args, _, _ = _validate_launch_command(args)
-        assert args.config_file == "recipes/accelerate/zero3_multinode.yaml" and args.use_deepspeed
-        assert (args.num_machines, args.num_processes, int(args.machine_rank)) == (4, 32, rank)
-        assert (args.main_process_ip, args.main_process_port) == ("gpu-a01", 29500)
-        assert args.module and args.training_script == "llamak.cli"
-        assert args.training_script_args == ["run", "recipes/llama-k-70b.yaml", "--from", "cpt"]
 
 
 # --- 2 processes on CPU: torch.distributed on gloo, through `accelerate launch` ------------------

@@ -525,13 +525,15 @@ def run(
              "Writes OUT/<recipe name>/plan.json; the run's report.html shows it.")
 def plan(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.", show_default=False)],
-    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in the job (all data parallel under ZeRO-3 / FSDP full shard).", min=1)] = 64,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", min=1, show_default=False,
+                    help="GPUs of every training stage (default: each stage's launch, processes × nodes).")] = None,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (vLLM tensor parallelism stays in a node).", min=1)] = 8,
     gpu_mem: Annotated[float, typer.Option("--gpu-mem", help="Memory per GPU in GB (H100 80, H200 141).")] = 80.0,
     gpu_tflops: Annotated[float, typer.Option("--gpu-tflops", help="Peak dense bf16 TFLOP/s per GPU (H100/H200 SXM 989).")] = 989.0,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation to assume (0.3–0.5 is typical at scale).", min=0.01, max=1.0)] = 0.4,
     tdp: Annotated[float, typer.Option("--tdp", help="GPU board power in watts, for the energy estimate.")] = 700.0,
-    strategy: Annotated[str, typer.Option("--strategy", help="zero3 (DeepSpeed) or fsdp (FSDP2 full shard): both shard weights, gradients and optimizer state.")] = "zero3",
+    strategy: Annotated[Optional[str], typer.Option("--strategy", show_default=False,
+                        help="zero3 (DeepSpeed) or fsdp (FSDP2 full shard): shard weights, gradients and optimizer state; ddp: a whole copy per GPU (default: each stage's launch sharding).")] = None,
     offload: Annotated[bool, typer.Option("--offload", help="Optimizer state in CPU memory (ZeRO-Offload).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Runs directory: writes OUT/<recipe name>/plan.json.")] = Path("runs"),
 ) -> None:
@@ -541,8 +543,8 @@ def plan(
     from llamak.planner import Hardware, plan as make_plan, table
     from llamak.recipe import load_recipe
 
-    if strategy not in ("zero3", "fsdp"):
-        raise LlamakError(f"--strategy {strategy!r}: expected zero3 or fsdp")
+    if strategy not in (None, "zero3", "fsdp", "ddp"):
+        raise LlamakError(f"--strategy {strategy!r}: expected zero3, fsdp or ddp")
     parsed, stages = load_recipe(recipe)
     result = make_plan(parsed, stages, Hardware(gpus, gpus_per_node, gpu_mem, gpu_tflops, mfu, tdp, strategy, offload), str(recipe))
     typer.echo(table(result))

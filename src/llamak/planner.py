@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from llamak.errors import LlamakError
+from llamak.train.sharding import SHARDED
 
 GB = 1e9
 BF16, FP32 = 2, 4
@@ -167,7 +168,7 @@ class StageShape:
 
 def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
     """Each stage's input and output shape; raises LlamakError naming the stage and field on a mismatch."""
-    from llamak.recipe import STAGES
+    from llamak.recipe import STAGES, resolve_stages
     from llamak.surgery.expand import check_after, default_insert_after
 
     known: dict[str, Shape] = {}
@@ -182,13 +183,11 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
         return known[ref]
 
     out: list[StageShape] = []
-    previous = "base"
-    for i, stage in enumerate(stages, 1):
+    resolved = resolve_stages(recipe, stages, Path("runs") / recipe.name)  # the runner's inputs, exactly
+    for i, (stage, r) in enumerate(zip(stages, resolved), 1):
         cfg = stage.config
         here = f"{where}: stage {i} ({stage.type})"
-        input_ref = cfg.model or previous
-        if stage.type in ("data", "card"):
-            input_ref = cfg.model or ("base" if stage.type == "data" else previous)
+        input_ref = r.input
         shape = shape_of(input_ref, f"{here}: model")
         made: Shape | None = shape
         notes: list[str] = []
@@ -237,8 +236,6 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
                 raise LlamakError(f"{here}: field 'packed': stage {packed!r} packed with a {tokenizer_shape.vocab}-token vocabulary, the model has {shape.vocab}")
         if made is not None:
             known[stage.name] = made
-        if STAGES[stage.type].makes_model:
-            previous = stage.name
         out.append(StageShape(stage.name, stage.type, input_ref, made, shape, notes))
     return out
 
@@ -272,14 +269,25 @@ def _sequence(stage) -> int:
 
 @dataclass
 class Hardware:
-    gpus: int = 64
+    gpus: int | None = None  # GPUs of every training stage; None: each stage's launch (processes × nodes)
     gpus_per_node: int = 8
     gpu_memory_gb: float = 80.0
     peak_tflops: float = 989.0  # H100 SXM dense bf16
     mfu: float = 0.40
     tdp_watts: float = 700.0
-    strategy: str = "zero3"  # zero3 | fsdp: both shard weights, gradients and optimizer state
+    strategy: str | None = None  # zero3 | fsdp | ddp for every stage; None: each stage's launch sharding
     offload: bool = False  # optimizer state in CPU memory (ZeRO-Offload)
+
+
+def stage_parallelism(launch, hw: Hardware) -> tuple[int, str, bool]:
+    """(GPUs, sharding, offload) a training stage is sized with: its launch settings, unless the
+    hardware flags override them. zero3/zero3_offload/fsdp2 shard states over every GPU; ddp/none
+    keep a whole copy on each."""
+    gpus = hw.gpus or launch.world_size
+    sharding = {"zero3": "zero3", "fsdp": "fsdp2", "ddp": "ddp"}.get(hw.strategy or "", launch.sharding)
+    if sharding == "none" and gpus > 1:
+        sharding = "ddp"
+    return gpus, sharding, hw.offload or sharding == "zero3_offload"
 
 
 def state_memory(total: int, trainable: int, gpus: int, offload: bool = False) -> dict[str, float]:
@@ -352,6 +360,8 @@ def context_parallel_needed(fixed: float, per_sequence: float, budget: float) ->
 class StagePlan:
     name: str
     type: str
+    gpus: int | None = None
+    sharding: str | None = None
     layers: int | None = None
     params: int | None = None
     trainable: int | None = None
@@ -368,7 +378,7 @@ class StagePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def plan_stage(stage, sized: StageShape, hw: Hardware) -> StagePlan:
+def plan_stage(stage, sized: StageShape, hw: Hardware, launch) -> StagePlan:
     from llamak.recipe import STAGES
 
     row = StagePlan(sized.name, sized.type, notes=list(sized.notes))
@@ -388,10 +398,13 @@ def plan_stage(stage, sized: StageShape, hw: Hardware) -> StagePlan:
     seq = _sequence(stage)
     has_reference = sized.type in ("dpo", "longpo") or (sized.type == "grpo" and cfg.beta > 0)
     row.trainable, row.seq_len = trainable, seq
+    gpus, sharding, offload = stage_parallelism(launch, hw)
+    row.gpus, row.sharding = gpus, sharding
+    shards = gpus if sharding in SHARDED else 1  # ddp/none: every GPU holds the whole model and its states
 
-    memory = state_memory(shape.total, trainable, hw.gpus, hw.offload)  # sharded over every GPU
+    memory = state_memory(shape.total, trainable, shards, offload)
     if has_reference:
-        memory["reference"] = FROZEN_BYTES * shape.total / hw.gpus
+        memory["reference"] = FROZEN_BYTES * shape.total / shards
     memory["gathered"] = gathered_memory(shape)
     memory["activations"] = activation_memory(shape, seq, cfg.batch_size, cfg.gradient_checkpointing)
     memory["logits"] = logits_memory(shape, seq, cfg.batch_size)
@@ -413,13 +426,13 @@ def plan_stage(stage, sized: StageShape, hw: Hardware) -> StagePlan:
         row.fits = f"no: context parallel ×{degree}" if degree else "no: more GPUs or offload"
         if degree:  # then each sequence spreads over `degree` GPUs: that much less activation memory per GPU
             row.notes.append(f"needs sequence/context parallelism of degree {degree} (or activation offload); "
-                             f"sized as {max(hw.gpus // degree, 1)} data-parallel groups")
+                             f"sized as {max(gpus // degree, 1)} data-parallel groups")
             total -= sequence_memory * (1 - 1 / degree)
     row.memory_gb = {k: round(v / GB, 2) for k, v in memory.items()}
     row.per_gpu_gb = total / GB
 
     # every GPU is data parallel under full sharding, unless sequences are split over `degree` GPUs
-    sequences = cfg.max_steps * cfg.batch_size * cfg.grad_accum * max(hw.gpus // max(degree, 1), 1)
+    sequences = cfg.max_steps * cfg.batch_size * cfg.grad_accum * max(gpus // max(degree, 1), 1)
     if sized.type in ("dpo", "longpo"):
         tokens = 2 * sequences * seq  # chosen and rejected
     else:
@@ -434,16 +447,20 @@ def plan_stage(stage, sized: StageShape, hw: Hardware) -> StagePlan:
         row.notes.append(f"generation counted at the same MFU (optimistic for decoding): {completions:,} tokens")
     row.pflops = flops / 1e15
     row.gpu_hours = gpu_hours(flops, hw)
-    row.hours = row.gpu_hours / hw.gpus
+    row.hours = row.gpu_hours / gpus
     row.energy_kwh = row.gpu_hours * hw.tdp_watts / 1000
     checkpoint = BF16 * shape.total + OPTIMIZER_BYTES * trainable
     row.disk_gb = (BF16 * shape.total + CHECKPOINTS_KEPT * checkpoint) / GB
     return row
 
 
-def plan(recipe, stages, hw: Hardware, where: str = "recipe") -> dict:
+def plan(recipe, stages, hw: Hardware, where: str = "recipe", override=None) -> dict:
+    """The plan of every stage; `override`: the command line's launch settings (as for `llamak run`)."""
+    from llamak.recipe import resolve_stages
+
     sized = shapes(recipe, stages, where)
-    rows = [plan_stage(stage, s, hw) for stage, s in zip(stages, sized)]
+    resolved = resolve_stages(recipe, stages, Path("runs") / recipe.name, override)
+    rows = [plan_stage(r.stage, s, hw, r.launch) for r, s in zip(resolved, sized)]
     totals = {
         "gpu_hours": sum(r.gpu_hours or 0 for r in rows),
         "hours": sum(r.hours or 0 for r in rows),
@@ -477,18 +494,25 @@ def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def hardware_line(hw: dict) -> str:
+    """The plan's hardware in words (the plan table's and the report's first line)."""
+    gpus = f"{hw['gpus']} GPUs" if hw["gpus"] else "GPUs per stage launch"
+    strategy = hw["strategy"] or "sharding per stage launch"
+    return (f"{gpus} × {hw['gpu_memory_gb']:g} GB, {hw['peak_tflops']:g} TFLOP/s peak, MFU {hw['mfu']:.0%}, "
+            f"{strategy}{' + optimizer offload' if hw['offload'] else ''}, TDP {hw['tdp_watts']:g} W")
+
+
 def table(result: dict) -> str:
     hw = result["hardware"]
-    lines = [f"{result['recipe']}: {hw['gpus']} GPUs × {hw['gpu_memory_gb']:g} GB, {hw['peak_tflops']:g} TFLOP/s peak, "
-             f"MFU {hw['mfu']:.0%}, {hw['strategy']}{' + optimizer offload' if hw['offload'] else ''}, TDP {hw['tdp_watts']:g} W",
-             f"{'stage':<12}{'type':<12}{'layers':>7}{'params':>9}{'trainable':>10}{'seq':>8}{'tokens':>9}{'GB/GPU':>8}  {'fits':<24}{'disk GB':>9}{'GPU-h':>9}{'hours':>8}{'kWh':>9}"]
+    lines = [f"{result['recipe']}: {hardware_line(hw)}",
+             f"{'stage':<12}{'type':<12}{'layers':>7}{'params':>9}{'trainable':>10}{'seq':>8}{'tokens':>9}{'GPUs':>6} {'sharding':<14}{'GB/GPU':>7}  {'fits':<24}{'disk GB':>9}{'GPU-h':>9}{'hours':>8}{'kWh':>9}"]
     for r in result["stages"]:
         lines.append(
             f"{r['name']:<12}{r['type']:<12}{_fmt(r['layers'], 'd'):>7}{human(r['params']):>9}{human(r['trainable']):>10}"
-            f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['per_gpu_gb'], '.1f'):>8}  {r['fits']:<24}"
+            f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['gpus'], 'd'):>6} {r['sharding'] or '—':<14}{_fmt(r['per_gpu_gb'], '.1f'):>7}  {r['fits']:<24}"
             f"{quantity(r['disk_gb']):>9}{quantity(r['gpu_hours']):>9}{quantity(r['hours']):>8}{quantity(r['energy_kwh']):>9}")
     t = result["totals"]
-    lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:,.0f} GPU-hours ({t['hours']:,.1f} h on {hw['gpus']} GPUs), "
+    lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:,.0f} GPU-hours ({t['hours']:,.1f} h of training), "
                  f"{t['energy_kwh']:,.0f} kWh (GPUs at TDP), {t['disk_gb']:,.0f} GB of outputs and checkpoints")
     for r in result["stages"]:
         for note in r["notes"]:

@@ -244,21 +244,20 @@ def probes_section(run_dir: Path, order: list[str], stages: dict) -> str:
 
 def plan_section(run_dir: Path) -> str:
     """The plan `llamak plan` wrote for this run (memory per GPU, fit, GPU-hours, energy per stage)."""
-    from llamak.planner import human, quantity
+    from llamak.planner import hardware_line, human, quantity
 
     path = run_dir / "plan.json"
     if not path.is_file():
         return ""
     plan = json.loads(path.read_text())
     hw = plan["hardware"]
-    head = "<tr><th>stage</th><th>type</th><th>layers</th><th>params</th><th>trainable</th><th>tokens</th><th>GB per GPU</th><th>fits</th><th>disk GB</th><th>GPU-hours</th><th>kWh</th></tr>"
+    head = "<tr><th>stage</th><th>type</th><th>layers</th><th>params</th><th>trainable</th><th>tokens</th><th>GPUs</th><th>sharding</th><th>GB per GPU</th><th>fits</th><th>disk GB</th><th>GPU-hours</th><th>kWh</th></tr>"
     rows = [f"<tr><td>{html.escape(r['name'])}</td><td>{r['type']}</td><td>{human(r['layers'])}</td><td>{human(r['params'])}</td>"
-            f"<td>{human(r['trainable'])}</td><td>{human(r['tokens'])}</td><td>{quantity(r['per_gpu_gb'])}</td><td>{html.escape(r['fits'])}</td>"
+            f"<td>{human(r['trainable'])}</td><td>{human(r['tokens'])}</td><td>{human(r.get('gpus'))}</td><td>{r.get('sharding') or '—'}</td><td>{quantity(r['per_gpu_gb'])}</td><td>{html.escape(r['fits'])}</td>"
             f"<td>{quantity(r['disk_gb'])}</td><td>{quantity(r['gpu_hours'])}</td><td>{quantity(r['energy_kwh'])}</td></tr>" for r in plan["stages"]]
     chart = bar_plot({r["name"]: r["gpu_hours"] for r in plan["stages"] if r.get("gpu_hours")}, "planned GPU-hours", "GPU-hours")
     t = plan["totals"]
-    return (f"<h2>Plan</h2><p>{hw['gpus']} GPUs × {hw['gpu_memory_gb']:g} GB, {hw['peak_tflops']:g} TFLOP/s at MFU {hw['mfu']:.0%}, "
-            f"{html.escape(hw['strategy'])}: {t['gpu_hours']:.3g} GPU-hours, {t['energy_kwh']:.3g} kWh in all.</p>"
+    return (f"<h2>Plan</h2><p>{html.escape(hardware_line(hw))}: {t['gpu_hours']:.3g} GPU-hours, {t['energy_kwh']:.3g} kWh in all.</p>"
             f"<table>{head}{''.join(rows)}</table>{chart or ''}")
 
 

@@ -71,10 +71,21 @@ def longpo_loss(
 
 def answer_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Σ log p(label) over the labelled (answer) tokens of each sequence; logits predict the next token."""
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != ignore_index
-    picked = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return shifted_logps(logits[:, :-1], labels[:, 1:], ignore_index)
+
+
+def shifted_logps(logits: torch.Tensor, next_labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Σ log p(next label) per sequence, labels already aligned with the logits that predict them
+    (what a sequence-parallel rank holds: a slice of logits and of the shifted labels)."""
+    mask = next_labels != ignore_index
+    picked = torch.gather(logits.log_softmax(-1), 2, next_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
+
+
+def shifted_nll(logits: torch.Tensor, next_labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ token NLL, token count) per sequence over aligned next-token labels."""
+    nll = F.cross_entropy(logits.transpose(1, 2), next_labels, ignore_index=ignore_index, reduction="none")
+    return nll.sum(-1), (next_labels != ignore_index).sum(-1)
 
 
 # --------------------------------------------------------------------------- data → token sequences
@@ -131,18 +142,33 @@ def examples(tokenizer, records: list[dict], refs: list[tuple[float, float]], te
     return rows
 
 
-def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen and rejected sequences of the batch stacked (chosen first), right-padded."""
+def collate(rows: list[dict], pad_id: int, sequence_parallel: int = 1) -> dict[str, torch.Tensor]:
+    """Chosen and rejected sequences of the batch stacked (chosen first), right-padded.
+
+    For sequence parallelism (Ulysses) the batch is what DeepSpeed's SP data loader shards along
+    the sequence: [batch, seq] tensors only, width a multiple of the SP size, `position_ids`,
+    `labels` (it shifts them into `shift_labels`) and the NLL targets already shifted; the
+    short-context reference log-probs travel as plain lists, which it copies whole to every rank."""
     seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
     labels = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
     width = max(len(s) for s in seqs)
+    width += -width % sequence_parallel
     pad = lambda xs, v: [x + [v] * (width - len(x)) for x in xs]  # noqa: E731
+    refs = {"ref_chosen_logps": [r["ref_chosen_logps"] for r in rows], "ref_rejected_logps": [r["ref_rejected_logps"] for r in rows]}
+    if sequence_parallel > 1:
+        return {
+            "input_ids": torch.tensor(pad(seqs, pad_id)),
+            "position_ids": torch.arange(width).repeat(len(seqs), 1),
+            "labels": torch.tensor(pad(labels, -100)),
+            # NLL over the whole chosen sequence: its next tokens, padding ignored
+            "nll_shift_labels": torch.tensor(pad([s[1:] + [-100] for s in seqs], -100)),
+            **refs,
+        }
     return {
         "input_ids": torch.tensor(pad(seqs, pad_id)),
         "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
         "labels": torch.tensor(pad(labels, -100)),
-        "ref_chosen_logps": torch.tensor([r["ref_chosen_logps"] for r in rows]),
-        "ref_rejected_logps": torch.tensor([r["ref_rejected_logps"] for r in rows]),
+        **{k: torch.tensor(v) for k, v in refs.items()},
     }
 
 
@@ -211,6 +237,10 @@ class LongpoConfig(TrainSettings):
     # rope_parameters {rope_type: llama3, factor: …}.
     rope_theta: float | None = Field(None, gt=0)
     rope_parameters: dict | None = None
+    # Ulysses sequence parallelism (DeepSpeed ALST, through accelerate): each long sequence is split
+    # over this many GPUs, attention heads over the same GPUs. Needs sharding zero3; must divide the
+    # world size and the attention (and key/value) heads.
+    sequence_parallel: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -248,17 +278,39 @@ def trainer_class():
             self._logged = defaultdict(list)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            n = inputs["ref_chosen_logps"].shape[0]
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
-            logps = answer_logps(logits, inputs["labels"])
-            # NLL over the whole chosen sequence (context, questions and answers), as the authors' code
-            targets = inputs["input_ids"][:n].masked_fill(inputs["attention_mask"][:n] == 0, -100)[:, 1:]
-            token_nll = F.cross_entropy(logits[:n, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            nll = token_nll.sum(-1) / (targets != -100).sum(-1).clamp(min=1)
-            loss, metrics = longpo_loss(logps[:n], logps[n:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], nll, self.weights)
+            if "shift_labels" in inputs:  # sequence parallel: this rank holds a slice of every sequence
+                logits, logps, nll = self.sequence_parallel_terms(model, inputs)
+            else:
+                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
+                n = len(inputs["ref_chosen_logps"])
+                logps = answer_logps(logits, inputs["labels"])
+                # NLL over the whole chosen sequence (context, questions and answers), as the authors' code
+                targets = inputs["input_ids"][:n].masked_fill(inputs["attention_mask"][:n] == 0, -100)[:, 1:]
+                nll_sum, count = shifted_nll(logits[:n, :-1], targets)
+                nll = nll_sum / count.clamp(min=1)
+            refs = [torch.as_tensor(inputs[k], dtype=logps.dtype, device=logps.device) for k in ("ref_chosen_logps", "ref_rejected_logps")]
+            n = len(refs[0])
+            loss, metrics = longpo_loss(logps[:n], logps[n:], refs[0], refs[1], nll, self.weights)
             for key, value in metrics.items():
                 self._logged[key].append(value.item())
             return (loss, logits) if return_outputs else loss
+
+        def sequence_parallel_terms(self, model, inputs):
+            """Per-sequence answer log-probs and chosen NLL of sequences split over the SP group:
+            each rank sums over its slice, one all-reduce adds the slices, and every rank then
+            computes the same global loss. The all-reduce is differentiable (its backward sums the
+            group's gradients, which DeepSpeed divides by the group size again, as the HF
+            Trainer's own SP loss does); ranks never exchange logits."""
+            import torch.distributed.nn.functional as dist_fn
+            from deepspeed.utils import groups
+
+            logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"]).logits.float()
+            n = len(inputs["ref_chosen_logps"])
+            nll_sum, count = shifted_nll(logits[:n], inputs["nll_shift_labels"][:n])
+            local = torch.cat([shifted_logps(logits, inputs["shift_labels"]), nll_sum, count.to(logits.dtype)])
+            total = dist_fn.all_reduce(local, group=groups._get_sequence_parallel_group())
+            logps, nll_sum, count = total[: 2 * n], total[2 * n : 3 * n], total[3 * n :]
+            return logits, logps, nll_sum / count.clamp(min=1)
 
         def log(self, logs, start_time=None):
             logs.update({key: sum(v) / len(v) for key, v in self._logged.items()})
@@ -282,12 +334,14 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path, pairs
     template = assistant_mask_template(tokenizer)
     pairs = pairs or config.pairs_file()
     records = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
-    args = build_config(TrainingArguments, config, checkpoints, source, remove_unused_columns=False)
+    extra = {"parallelism_config": sequence_parallel_config(config.sequence_parallel, source)} if config.sequence_parallel > 1 else {}
+    args = build_config(TrainingArguments, config, checkpoints, source, remove_unused_columns=False, **extra)
     rope = rope_config(model_dir, config.rope_theta, config.rope_parameters)
     model, params = build_model(source, args, config.trainable, config, rope)
     trainer = trainer_class()(
         model=model, args=args, train_dataset=None, processing_class=tokenizer,
-        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), weights=LongPOWeights(config.beta, config.pref_weight, config.nll_weight),
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id, config.sequence_parallel),
+        weights=LongPOWeights(config.beta, config.pref_weight, config.nll_weight),
     )
 
     def compute_refs():
@@ -299,6 +353,36 @@ def make_trainer(config: LongpoConfig, model_dir: Path, checkpoints: Path, pairs
     refs = cached_reference_logps(pairs, model_dir, compute_refs)
     trainer.train_dataset = Dataset.from_list(examples(tokenizer, records, refs, template))
     return trainer, tokenizer, source, {**params, "records": len(records), "pairs": sum(len(r["turns"]) for r in records)}
+
+
+def sequence_parallel_config(size: int, source):
+    """accelerate's ParallelismConfig for Ulysses SP of `size` on DeepSpeed (the remaining factor
+    of the world is data parallel); errors name what does not fit."""
+    import os
+
+    from accelerate.parallelism_config import ParallelismConfig
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    from llamak.errors import LlamakError
+    from llamak.train.sharding import DEEPSPEED, current_sharding
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if current_sharding() not in DEEPSPEED:
+        raise LlamakError(f"sequence_parallel: {size} needs sharding zero3 (DeepSpeed Ulysses); this stage runs with {current_sharding()}")
+    if world % size:
+        raise LlamakError(f"sequence_parallel: {size} does not divide the {world} processes of the stage")
+    check_heads(size, source.config)
+    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa")
+    return ParallelismConfig(dp_shard_size=world // size, sp_size=size, sp_backend="deepspeed", sp_handler=handler)
+
+
+def check_heads(size: int, config: dict) -> None:
+    """Ulysses splits attention heads over the SP group: the heads (and key/value heads) must divide."""
+    from llamak.errors import LlamakError
+
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % size or (kv % size and size % kv):
+        raise LlamakError(f"sequence_parallel: {size} must divide the model's {heads} attention heads and its {kv} key/value heads")
 
 
 def inference_engine(trainer, model):

@@ -33,6 +33,7 @@ SHARDINGS: tuple[str, ...] = get_args(Sharding)
 SHARDED = ("zero3", "zero3_offload", "fsdp2")
 DEEPSPEED = ("zero3", "zero3_offload")
 ENV = "LLAMAK_SHARDING"
+FSDP2_NEEDS_GPUS = "sharding fsdp2 needs GPUs (accelerate's FSDP runs on CUDA only); on CPUs use zero3 (DeepSpeed) or ddp"
 
 # sharding → the accelerate config file that describes it
 ACCELERATE_CONFIGS = {"ddp": "ddp_cpu.yaml", "zero3": "zero3.yaml", "zero3_offload": "zero3_offload.yaml", "fsdp2": "fsdp2.yaml"}
@@ -116,7 +117,7 @@ def trainer_fields(sharding: str, checkpoint_dtype) -> dict:
         fields["deepspeed"] = deepspeed_config(sharding)
     elif sharding == "fsdp2":
         if not cuda:
-            raise LlamakError("sharding fsdp2 needs GPUs (accelerate's FSDP runs on CUDA only); on CPUs use zero3 (DeepSpeed) or ddp")
+            raise LlamakError(FSDP2_NEEDS_GPUS)
         fields |= fsdp_fields(sharding)
     return fields
 
@@ -153,9 +154,13 @@ def prepare_process_group(sharding: str) -> None:
 
 
 def require_engine(sharding: str) -> None:
-    """A one-line error before launching when the sharding's engine is not installed."""
+    """A one-line error before launching when the sharding's engine is missing (package or GPUs)."""
     import importlib.util
 
+    import torch
+
+    if sharding == "fsdp2" and not torch.cuda.is_available():
+        raise LlamakError(FSDP2_NEEDS_GPUS)
     if sharding in DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
         raise LlamakError(f"sharding {sharding} needs DeepSpeed: pip install 'llamak[deepspeed]' (or pip install deepspeed)")
 
