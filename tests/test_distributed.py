@@ -265,6 +265,41 @@ def test_rank_memory_bench_prints_its_json(pair, tmp_path):
     assert result["model_bytes"] > 0
 
 
+# --------------------------------------------------------------------------- LongPO with sequence parallelism
+
+RECORD = {
+    "long_context": "대한민국 헌법 제1조 대한민국은 민주공화국이다. " * 6 + "한강은 서울을 가로질러 흐른다. " * 6,
+    "turns": [{"chunk": "한강은 서울을 가로질러 흐른다.", "question": "앞의 글에 따르면 한강은 어디를 흐르나요?",
+               "chosen": "한강은 서울을 가로질러 흐릅니다.", "rejected": "대한민국은 민주공화국입니다."}],
+}
+
+
+def test_longpo_sequence_parallel_2_equals_1(pair, tmp_path):
+    """Ulysses SP=2 on 2 processes against SP=1 on one, both ZeRO-3, one SGD step without clipping
+    (Adam's first step would hide a wrong gradient scale): the same loss terms and the same
+    updated weights — each rank saw half of every sequence and only its slice's log-probs."""
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(RECORD, ensure_ascii=False) + "\n")
+    runs = {}
+    for sp in (1, 2):
+        config = tmp_path / f"sp{sp}.yaml"
+        config.write_text(yaml.safe_dump({
+            "model": str(pair[0]), "out": str(tmp_path / f"sp{sp}"), "pairs": str(tmp_path / "pairs.jsonl"), "sequence_parallel": sp,
+            "max_steps": 1, "logging_steps": 1, "learning_rate": 0.5, "beta": 0.5, "pref_weight": 1.0,
+            "trainer": {"optim": "sgd", "max_grad_norm": 0.0},
+        }))
+        proc = llamak("train", "longpo", config, "--processes", sp, "--sharding", "zero3", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[sp] = json.loads((tmp_path / f"sp{sp}" / "llamak.json").read_text())["metrics"]
+    one, two = (runs[sp]["log_history"][0] for sp in (1, 2))
+    # per-sequence sums of ~10² float32 log-probs, added in two halves instead of one pass: ~1e-5 apart
+    for key in ("loss", "nll", "pref_loss", "rewards/margins"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-4), key
+    before, a, b = state(pair[0]), state(tmp_path / "sp1"), state(tmp_path / "sp2")
+    moved = max((a[k] - before[k]).abs().max().item() for k in a)
+    differ = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-2 and differ < 1e-5 * max(moved, 1.0), (moved, differ)  # measured: moved 0.6, differ 6e-8
+
+
 # --------------------------------------------------------------------------- Slurm: two nodes of this machine
 
 # srun stand-in: one copy of the command per node, in parallel, each with its SLURM_NODEID

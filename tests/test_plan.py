@@ -110,8 +110,14 @@ def test_70b_recipe_dry_run_offline_and_plan(tmp_path, monkeypatch):
     result = plan(*load_recipe(ROOT / "recipes" / "llama-k-70b.yaml"), Hardware(gpus=64))
     by_type = {r["type"]: r for r in result["stages"]}
     assert by_type["cpt"]["trainable"] == 16 * LAYER_70B
-    assert by_type["longpo"]["seq_len"] >= 131072 and by_type["longpo"]["fits"].startswith("no: context parallel")
+    assert by_type["longpo"]["seq_len"] >= 131072 and by_type["longpo"]["fits"] == "yes: sequence parallel ×16"
+    assert by_type["longpo"]["sequence_parallel"] == 16 and by_type["longpo"]["gpus"] == 64 and by_type["longpo"]["sharding"] == "zero3"
     assert result["totals"]["gpu_hours"] > 0
+    # without sequence parallelism the 128K stage does not fit, and the planner says what would
+    recipe, stages = load_recipe(ROOT / "recipes" / "llama-k-70b.yaml")
+    stages = [s if s.type != "longpo" else type(s)(s.type, s.name, s.config.model_copy(update={"sequence_parallel": 1})) for s in stages]
+    unsplit = {r["type"]: r for r in plan(recipe, stages, Hardware(gpus=64))["stages"]}["longpo"]
+    assert unsplit["fits"] == "no: sequence parallel ×16" and unsplit["per_gpu_gb"] == by_type["longpo"]["per_gpu_gb"]
 
 
 @pytest.mark.parametrize(
@@ -122,6 +128,12 @@ def test_70b_recipe_dry_run_offline_and_plan(tmp_path, monkeypatch):
         ("  - expand: {blocks: 2}\n  - merge: {method: slerp, models: [base, expand], t: 0.5}", "stage 2 (merge): models 'base' (4 layers"),
         ("  - expand: {after: [9]}", "stage 1 (expand): field 'after' 9: layer indices must be in 0..3"),
         ("  - sft: {dataset: [data/sft/*.jsonl], sequence: 5}", "stage 1 (sft): field 'sequence': Extra inputs are not permitted"),
+        ("  - longpo: {synth: {documents: [data/ko/*.jsonl]}, sequence_parallel: 3, launch: {processes: 3, sharding: zero3}}",
+         "stage 1 (longpo): field 'sequence_parallel': 3 must divide the model's 4 attention heads"),
+        ("  - longpo: {synth: {documents: [data/ko/*.jsonl]}, sequence_parallel: 2, launch: {processes: 3, sharding: zero3}}",
+         "field 'sequence_parallel': 2 does not divide the stage's 3 processes"),
+        ("  - longpo: {synth: {documents: [data/ko/*.jsonl]}, sequence_parallel: 2, launch: {processes: 2}}",
+         "field 'sequence_parallel': needs sharding zero3 (DeepSpeed Ulysses), the stage launches with ddp"),
     ],
 )
 def test_broken_recipes_name_stage_and_field(tmp_path, stages, message):

@@ -219,6 +219,9 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
             if shape.max_positions and longest > shape.max_positions and not getattr(cfg, "rope_parameters", None) and not getattr(cfg, "rope_theta", None):
                 raise LlamakError(f"{here}: sequences of {longest} tokens exceed the model's max_position_embeddings "
                                   f"{shape.max_positions}; set rope_parameters (or rope_theta) to extend it")
+            sp = getattr(cfg, "sequence_parallel", 1)
+            if sp > 1:
+                check_sequence_parallel(sp, shape, r.launch, here)
             if getattr(cfg, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
                 notes.append("generates with vLLM (not installed here)")
         if stage.type == "data":
@@ -238,6 +241,20 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
             known[stage.name] = made
         out.append(StageShape(stage.name, stage.type, input_ref, made, shape, notes))
     return out
+
+
+def check_sequence_parallel(sp: int, shape: Shape, launch, here: str) -> None:
+    """Ulysses splits the attention heads over the SP group, and the group lives inside the world."""
+    from llamak.train.sharding import DEEPSPEED
+
+    if shape.heads % sp or (shape.kv_heads % sp and sp % shape.kv_heads):
+        raise LlamakError(f"{here}: field 'sequence_parallel': {sp} must divide the model's {shape.heads} attention heads "
+                          f"and its {shape.kv_heads} key/value heads (or be a multiple of them)")
+    if launch.world_size % sp:
+        raise LlamakError(f"{here}: field 'sequence_parallel': {sp} does not divide the stage's {launch.world_size} processes "
+                          f"({launch.processes} × {launch.nodes} nodes)")
+    if launch.sharding not in DEEPSPEED:
+        raise LlamakError(f"{here}: field 'sequence_parallel': needs sharding zero3 (DeepSpeed Ulysses), the stage launches with {launch.sharding}")
 
 
 def _width(s: Shape) -> tuple:
@@ -281,12 +298,12 @@ class Hardware:
 
 def stage_parallelism(launch, hw: Hardware) -> tuple[int, str, bool]:
     """(GPUs, sharding, offload) a training stage is sized with: its launch settings, unless the
-    hardware flags override them. zero3/zero3_offload/fsdp2 shard states over every GPU; ddp/none
-    keep a whole copy on each."""
+    hardware flags override them; a stage launched without any sharding is planned as ZeRO-3 (what
+    a GPU cluster would use). zero3/zero3_offload/fsdp2 shard states over every GPU; ddp keeps a
+    whole copy on each."""
     gpus = hw.gpus or launch.world_size
-    sharding = {"zero3": "zero3", "fsdp": "fsdp2", "ddp": "ddp"}.get(hw.strategy or "", launch.sharding)
-    if sharding == "none" and gpus > 1:
-        sharding = "ddp"
+    planned = "zero3" if launch.sharding == "none" else launch.sharding
+    sharding = {"zero3": "zero3", "fsdp": "fsdp2", "ddp": "ddp"}.get(hw.strategy or "", planned)
     return gpus, sharding, hw.offload or sharding == "zero3_offload"
 
 
@@ -362,6 +379,7 @@ class StagePlan:
     type: str
     gpus: int | None = None
     sharding: str | None = None
+    sequence_parallel: int = 1
     layers: int | None = None
     params: int | None = None
     trainable: int | None = None
@@ -416,23 +434,26 @@ def plan_stage(stage, sized: StageShape, hw: Hardware, launch) -> StagePlan:
             tp *= 2
         memory["vllm"] = BF16 * shape.total / tp + 0.1 * hw.gpu_memory_gb * GB
         row.notes.append(f"vLLM colocated, tensor parallel {tp}")
-    total = sum(memory.values())
+    sp = getattr(cfg, "sequence_parallel", 1)
+    row.sequence_parallel = sp
+    total = sum(memory.values()) - sequence_memory * (1 - 1 / sp)  # each sequence split over `sp` GPUs
     budget = USABLE_MEMORY * hw.gpu_memory_gb * GB
-    degree = 1
+    degree = sp
     if total <= budget:
-        row.fits = "yes"
+        row.fits = "yes" if sp == 1 else f"yes: sequence parallel ×{sp}"
     else:
+        total += sequence_memory * (1 - 1 / sp)
         degree = context_parallel_needed(total - sequence_memory, sequence_memory, budget) or 0
-        row.fits = f"no: context parallel ×{degree}" if degree else "no: more GPUs or offload"
+        row.fits = f"no: sequence parallel ×{degree}" if degree else "no: more GPUs or offload"
         if degree:  # then each sequence spreads over `degree` GPUs: that much less activation memory per GPU
-            row.notes.append(f"needs sequence/context parallelism of degree {degree} (or activation offload); "
+            row.notes.append(f"needs sequence_parallel: {degree} (or activation offload); "
                              f"sized as {max(gpus // degree, 1)} data-parallel groups")
             total -= sequence_memory * (1 - 1 / degree)
     row.memory_gb = {k: round(v / GB, 2) for k, v in memory.items()}
     row.per_gpu_gb = total / GB
 
     # every GPU is data parallel under full sharding, unless sequences are split over `degree` GPUs
-    sequences = cfg.max_steps * cfg.batch_size * cfg.grad_accum * max(gpus // max(degree, 1), 1)
+    sequences = cfg.max_steps * cfg.batch_size * cfg.grad_accum * max(gpus // max(degree, 1), 1)  # data-parallel groups
     if sized.type in ("dpo", "longpo"):
         tokens = 2 * sequences * seq  # chosen and rejected
     else:
@@ -505,11 +526,11 @@ def hardware_line(hw: dict) -> str:
 def table(result: dict) -> str:
     hw = result["hardware"]
     lines = [f"{result['recipe']}: {hardware_line(hw)}",
-             f"{'stage':<12}{'type':<12}{'layers':>7}{'params':>9}{'trainable':>10}{'seq':>8}{'tokens':>9}{'GPUs':>6} {'sharding':<14}{'GB/GPU':>7}  {'fits':<24}{'disk GB':>9}{'GPU-h':>9}{'hours':>8}{'kWh':>9}"]
+             f"{'stage':<12}{'type':<12}{'layers':>7}{'params':>9}{'trainable':>10}{'seq':>8}{'tokens':>9}{'GPUs':>6} {'sharding':<14}{'GB/GPU':>7}  {'fits':<28}{'disk GB':>9}{'GPU-h':>9}{'hours':>8}{'kWh':>9}"]
     for r in result["stages"]:
         lines.append(
             f"{r['name']:<12}{r['type']:<12}{_fmt(r['layers'], 'd'):>7}{human(r['params']):>9}{human(r['trainable']):>10}"
-            f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['gpus'], 'd'):>6} {r['sharding'] or '—':<14}{_fmt(r['per_gpu_gb'], '.1f'):>7}  {r['fits']:<24}"
+            f"{human(r['seq_len']):>8}{human(r['tokens']):>9}{_fmt(r['gpus'], 'd'):>6} {r['sharding'] or '—':<14}{_fmt(r['per_gpu_gb'], '.1f'):>7}  {r['fits']:<28}"
             f"{quantity(r['disk_gb']):>9}{quantity(r['gpu_hours']):>9}{quantity(r['hours']):>8}{quantity(r['energy_kwh']):>9}")
     t = result["totals"]
     lines.append(f"total: {human(t['tokens'])} training tokens, {t['gpu_hours']:,.0f} GPU-hours ({t['hours']:,.1f} h of training), "

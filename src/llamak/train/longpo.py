@@ -304,8 +304,11 @@ def trainer_class():
             import torch.distributed.nn.functional as dist_fn
             from deepspeed.utils import groups
 
-            logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"]).logits.float()
             n = len(inputs["ref_chosen_logps"])
+            # chosen, then rejected: Ulysses expects micro-batches of the configured size (and at
+            # 128K two half-size passes also halve the activation peak)
+            logits = torch.cat([model(input_ids=inputs["input_ids"][part], position_ids=inputs["position_ids"][part]).logits.float()
+                                for part in (slice(0, n), slice(n, 2 * n))])
             nll_sum, count = shifted_nll(logits[:n], inputs["nll_shift_labels"][:n])
             local = torch.cat([shifted_logps(logits, inputs["shift_labels"]), nll_sum, count.to(logits.dtype)])
             total = dist_fn.all_reduce(local, group=groups._get_sequence_parallel_group())
