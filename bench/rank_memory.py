@@ -30,30 +30,34 @@ import psutil
 import yaml
 
 LLAMAK = [sys.executable, "-m", "llamak.cli"]
+# Checkpoint shards of ~1/12 of the 600M model, as 5 GB shards are of a 70B one: transformers'
+# ZeRO-3 loading reads one shard file at a time on every rank.
+SHARD = "100MB"
 TEXT = "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있다. The Han River flows through Seoul. "
 
 
-def synthetic_model(path: Path, params: str, tokenizer_from: Path | None) -> Path:
-    """A random bf16 Llama of about `params` parameters (hidden 1024, 32K vocabulary, or the
-    given tokenizer's), saved with a tokenizer."""
+def synthetic_model(path: Path, params: str) -> Path:
+    """A random bf16 Llama of about `params` parameters (hidden 1024, 16 heads, 4 KV heads) with a
+    small byte-level BPE tokenizer trained on the bench text: an 8K vocabulary keeps the embeddings a
+    few percent of the model, as at 70B (where they are 1.5 %), so the largest module gathered
+    whole by ZeRO-3 is one layer, not a 128K-row embedding."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from llamak.units import parse_count
 
-    if tokenizer_from:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
-    else:
-        from llamak.zoo import build_llama3_tokenizer
-
-        tokenizer = build_llama3_tokenizer()
-    hidden, vocab = 1024, len(tokenizer)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator([TEXT] * 100, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>"],
+                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    hidden, vocab = 1024, 8192
     per_layer = int(2.5 * hidden * hidden) + 3 * hidden * 4 * hidden  # attention (q, o + GQA k, v: 2.5 h²) + MLP (12 h²)
     layers = max(2, round((parse_count(params, "--synthetic") - 2 * vocab * hidden) / per_layer))
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048, dtype="bfloat16")
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(path)
+                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=0, eos_token_id=1)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path, max_shard_size=SHARD)
     tokenizer.save_pretrained(path)
     return path
 
@@ -74,12 +78,13 @@ def tiny_like(model: Path, path: Path) -> Path:
 def with_inserted_block(model: Path, work: Path) -> Path:
     from llamak.checkpoint import ModelDir
     from llamak.surgery.expand import expand
+    from llamak.units import parse_size
 
     source = ModelDir.open(model)
     if source.is_expanded:
         return model
     out = work / f"{model.name}-expanded"
-    expand(model, out, after=[source.num_layers - 1], progress=False)
+    expand(model, out, after=[source.num_layers - 1], max_shard_bytes=parse_size(SHARD, "shard"), progress=False)
     return out
 
 
@@ -161,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model = args.model or synthetic_model(work / f"synthetic-{args.synthetic}", args.synthetic, None)
+        model = args.model or synthetic_model(work / f"synthetic-{args.synthetic}", args.synthetic)
         model = with_inserted_block(model, work)
         baseline = with_inserted_block(tiny_like(model, work / "baseline"), work)
         base_peaks = measure(baseline, work, args.processes, args.sharding, "baseline")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from llamak.errors import LlamakError
-from llamak.planner import Hardware, Shape, plan, read_shape
+from llamak.planner import Hardware, plan, read_shape
+from llamak.shape import Shape
 from llamak.recipe import dry_run, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

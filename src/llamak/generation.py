@@ -67,7 +67,7 @@ def tensor_parallel_size(model_dir: str | Path) -> int:
         return int(os.environ["LLAMAK_VLLM_TP"])
     if not torch.cuda.is_available():
         return 1
-    from llamak.planner import Shape
+    from llamak.shape import Shape
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
     shape = Shape.from_config(config)

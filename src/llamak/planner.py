@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from llamak.errors import LlamakError
+from llamak.shape import Shape
 from llamak.train.sharding import SHARDED
 
 GB = 1e9
@@ -38,66 +39,6 @@ USABLE_MEMORY = 0.9  # the rest goes to the CUDA context, NCCL buffers and fragm
 
 
 # --------------------------------------------------------------------------- model shapes
-
-
-@dataclass(frozen=True)
-class Shape:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-    max_positions: int
-    inserted: int = 0  # LLaMA-Pro blocks among `layers`
-    original_layers: int = 0  # layers of the model before any expansion
-
-    @classmethod
-    def from_config(cls, config: dict, inserted: int = 0, original_layers: int | None = None) -> "Shape":
-        try:
-            heads = config["num_attention_heads"]
-            layers = config["num_hidden_layers"]
-            return cls(
-                layers=layers, hidden=config["hidden_size"], intermediate=config["intermediate_size"], heads=heads,
-                kv_heads=config.get("num_key_value_heads") or heads,
-                head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
-                tied=bool(config.get("tie_word_embeddings", False)),
-                max_positions=config.get("max_position_embeddings") or 0, inserted=inserted,
-                original_layers=original_layers if original_layers is not None else layers - inserted,
-            )
-        except KeyError as e:
-            raise LlamakError(f"config.json has no {e.args[0]!r}: expected a Llama-family decoder config") from None
-
-    # Parameter counts of a Llama decoder (no biases): attention q, k, v, o; SwiGLU gate, up, down;
-    # two RMSNorms per layer; embeddings, final norm, lm_head unless tied.
-    @property
-    def per_layer(self) -> int:
-        q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = self.hidden * q_out + 2 * self.hidden * kv_out + q_out * self.hidden
-        return attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
-
-    @property
-    def embedding(self) -> int:
-        return self.vocab * self.hidden
-
-    @property
-    def total(self) -> int:
-        return self.layers * self.per_layer + self.embedding * (1 if self.tied else 2) + self.hidden
-
-    def trainable(self, mode: str, lora_rank: int = 16, lora_modules: int = 7) -> int:
-        """Parameters with gradients: all, the inserted blocks, or LoRA adapters on every layer."""
-        if mode == "all":
-            return self.total
-        if mode == "inserted":
-            return self.inserted * self.per_layer
-        if mode == "lora":  # r × (in + out) per adapted matrix; 7 = q, k, v, o, gate, up, down
-            q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
-            dims = [(self.hidden, q_out), (self.hidden, kv_out), (self.hidden, kv_out), (q_out, self.hidden),
-                    (self.hidden, self.intermediate), (self.hidden, self.intermediate), (self.intermediate, self.hidden)]
-            return self.layers * sum(lora_rank * (i + o) for i, o in dims[:lora_modules])
-        raise LlamakError(f"trainable {mode!r}: expected all, inserted or lora")
 
 
 # The zoo's shapes, so a dry run need not build a zoo model first.

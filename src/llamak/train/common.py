@@ -283,7 +283,7 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
 def build_config(config_class, settings: TrainSettings, checkpoints: Path, source: ModelDir, **stage_fields):
     """Instantiate a TRL config — before any model is built, since it carries the sharding (see
     `load_model`); a field TRL does not know or a value it rejects is a one-line error."""
-    kwargs = trl_config_kwargs(settings, checkpoints) | trainer_fields(current_sharding(), source_dtype(source)) | stage_fields
+    kwargs = trl_config_kwargs(settings, checkpoints) | trainer_fields(current_sharding(), source_dtype(source), source.config) | stage_fields
     kwargs.update(settings.trainer)
     try:
         args = config_class(**kwargs)

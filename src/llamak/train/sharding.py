@@ -27,6 +27,7 @@ from typing import Literal, get_args
 import yaml
 
 from llamak.errors import LlamakError
+from llamak.shape import Shape
 
 Sharding = Literal["none", "ddp", "zero3", "zero3_offload", "fsdp2"]
 SHARDINGS: tuple[str, ...] = get_args(Sharding)
@@ -57,13 +58,23 @@ def read_accelerate_config(sharding: str) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def deepspeed_config(sharding: str) -> dict:
+# DeepSpeed's default for how many gathered parameters may stay live (and be reused without a new
+# gather): 1e9 — about one 70B decoder layer, but a whole model below 1B parameters.
+DEEPSPEED_LIVE_PARAMETERS = 1_000_000_000
+
+
+def deepspeed_config(sharding: str, layer_parameters: int | None = None) -> dict:
     """The DeepSpeed JSON config of a ZeRO-3 sharding, from its accelerate config's `deepspeed_config`.
 
     Batch size, accumulation, clipping and bf16 stay "auto": DeepSpeed takes them from the stage's
-    own settings through the Trainer, so the stage config stays the one source of truth."""
+    own settings through the Trainer, so the stage config stays the one source of truth. Gathered
+    parameters kept live are capped at two decoder layers (DeepSpeed's 1e9 default, reached at 70B,
+    would keep a small model whole on every rank after its first forward pass)."""
     ds = read_accelerate_config(sharding)["deepspeed_config"]
     zero: dict = {"stage": int(ds.get("zero_stage", 3)), "stage3_gather_16bit_weights_on_model_save": bool(ds.get("zero3_save_16bit_model", True))}
+    if layer_parameters:
+        live = min(DEEPSPEED_LIVE_PARAMETERS, 2 * layer_parameters)
+        zero |= {"stage3_max_live_parameters": live, "stage3_max_reuse_distance": live}
     for kind in ("optimizer", "param"):
         device = ds.get(f"offload_{kind}_device", "none")
         if device and device != "none":
@@ -102,7 +113,7 @@ def gpu_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def trainer_fields(sharding: str, checkpoint_dtype) -> dict:
+def trainer_fields(sharding: str, checkpoint_dtype, model_config: dict | None = None) -> dict:
     """The Trainer config fields for a sharding: hardware flags, and DeepSpeed/FSDP settings.
 
     bf16 mixed precision on GPUs that support it; on a CPU only under DeepSpeed for a bf16
@@ -114,7 +125,7 @@ def trainer_fields(sharding: str, checkpoint_dtype) -> dict:
     bf16 = gpu_bf16() or (sharding in DEEPSPEED and checkpoint_dtype == torch.bfloat16)
     fields: dict = {"use_cpu": not cuda, "bf16": bf16}
     if sharding in DEEPSPEED:
-        fields["deepspeed"] = deepspeed_config(sharding)
+        fields["deepspeed"] = deepspeed_config(sharding, Shape.from_config(model_config).per_layer if model_config else None)
     elif sharding == "fsdp2":
         if not cuda:
             raise LlamakError(FSDP2_NEEDS_GPUS)
