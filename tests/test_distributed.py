@@ -380,3 +380,5 @@ def test_bad_launch_values_are_one_line_errors(pair, tmp_path):
     assert proc.returncode == 2 and "--sharding 'zero4'" in proc.stderr
     proc = llamak("run", training_recipe(tmp_path / "r3.yaml", *pair, "bad3", stages=["cpt"]), "--sharding", "fsdp2", "--out", tmp_path / "runs")
     assert proc.returncode == 2 and "fsdp2 needs GPUs" in proc.stderr.strip().splitlines()[-1]
+    proc = llamak("run", training_recipe(tmp_path / "r4.yaml", *pair, "bad4", stages=["cpt"]), "--nodes", "2", "--out", tmp_path / "runs")
+    assert proc.returncode == 2 and "launches on 2 nodes through Slurm" in proc.stderr.strip().splitlines()[-1]

@@ -192,12 +192,14 @@ def run_launched(name: str, kind: str, config: BaseModel, model: Path, out: Path
     require_engine(launch.sharding)
     out = Path(out).absolute()
     logs = Path(str(out) + LOGS_SUFFIX)
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    spec = logs / "spec.json"
+    rdzv = rendezvous(launch)
+    # outside Slurm every node runs its own `llamak train`: the first one tidies the shared logs
+    main_node = rdzv.node_rank in ("0", "$SLURM_NODEID")
+    shutil.rmtree(logs if main_node else logs / f"node-{rdzv.node_rank}", ignore_errors=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    spec = logs / ("spec.json" if main_node else f"spec-node-{rdzv.node_rank}.json")
     spec.write_text(json.dumps({"name": name, "type": kind, "config": config.model_dump(mode="json"),
                                 "model": str(Path(model).absolute()), "out": str(out), "metrics": str(logs / "metrics.json")}, indent=2))
-    rdzv = rendezvous(launch)
     command = agent_command(launch, rdzv, logs, spec)
     log.info("  launching %s: %d process(es) × %d node(s), sharding %s; logs in %s", name, launch.processes, launch.nodes, launch.sharding, logs)
     proc = subprocess.Popen(command, env=worker_env(launch))
@@ -208,6 +210,8 @@ def run_launched(name: str, kind: str, config: BaseModel, model: Path, out: Path
         proc.wait()
         raise
     metrics = logs / "metrics.json"
+    if rc == 0 and not main_node:
+        return {}  # global rank 0, on the first node, wrote the output and its metrics
     if rc != 0 or not metrics.is_file():
         raise LlamakError(failure_line(name, logs, launch, out, rc))
     return json.loads(metrics.read_text())

@@ -107,7 +107,7 @@ class StageShape:
     notes: list[str] = field(default_factory=list)
 
 
-def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
+def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageShape]:
     """Each stage's input and output shape; raises LlamakError naming the stage and field on a mismatch."""
     from llamak.recipe import STAGES, resolve_stages
     from llamak.surgery.expand import check_after, default_insert_after
@@ -124,7 +124,7 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
         return known[ref]
 
     out: list[StageShape] = []
-    resolved = resolve_stages(recipe, stages, Path("runs") / recipe.name)  # the runner's inputs, exactly
+    resolved = resolve_stages(recipe, stages, Path("runs") / recipe.name, override)  # the runner's inputs and launch, exactly
     for i, (stage, r) in enumerate(zip(stages, resolved), 1):
         cfg = stage.config
         here = f"{where}: stage {i} ({stage.type})"
@@ -163,6 +163,7 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
             sp = getattr(cfg, "sequence_parallel", 1)
             if sp > 1:
                 check_sequence_parallel(sp, shape, r.launch, here)
+                notes.append(f"sequence parallel ×{sp} (Ulysses)")
             if getattr(cfg, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
                 notes.append("generates with vLLM (not installed here)")
         if stage.type == "data":
@@ -180,6 +181,8 @@ def shapes(recipe, stages, where: str = "recipe") -> list[StageShape]:
                 raise LlamakError(f"{here}: field 'packed': stage {packed!r} packed with a {tokenizer_shape.vocab}-token vocabulary, the model has {shape.vocab}")
         if made is not None:
             known[stage.name] = made
+        if STAGES[stage.type].launched and r.launch.launched:
+            notes.append(f"launched: {r.launch.world_size} processes ({r.launch.processes} × {r.launch.nodes} nodes), {r.launch.sharding}")
         out.append(StageShape(stage.name, stage.type, input_ref, made, shape, notes))
     return out
 
@@ -420,7 +423,7 @@ def plan(recipe, stages, hw: Hardware, where: str = "recipe", override=None) -> 
     """The plan of every stage; `override`: the command line's launch settings (as for `llamak run`)."""
     from llamak.recipe import resolve_stages
 
-    sized = shapes(recipe, stages, where)
+    sized = shapes(recipe, stages, where, override)
     resolved = resolve_stages(recipe, stages, Path("runs") / recipe.name, override)
     rows = [plan_stage(r.stage, s, hw, r.launch) for r, s in zip(resolved, sized)]
     totals = {

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from llamak.energy import track_energy
 from llamak.errors import LlamakError
-from llamak.launch import Launch, LaunchSettings, env_settings, inside_launch, resolve_launch, run_launched
+from llamak.launch import Launch, LaunchSettings, env_settings, in_slurm_allocation, inside_launch, resolve_launch, run_launched
 from llamak.lineage import content_hash, file_fingerprint
 
 log = logging.getLogger("llamak")
@@ -619,7 +619,7 @@ def dry_run(recipe_path: Path, override: LaunchSettings | None = None) -> list[s
     names = [s.name for s in stages]
     preflight(RunContext(recipe, Path("runs") / recipe.name, names), stages, recipe_path)
     lines = [f"{recipe_path}: {recipe.name}, base {recipe.base}" + (f", instruct {recipe.instruct}" if recipe.instruct else "")]
-    for i, sized in enumerate(shapes(recipe, stages, str(recipe_path)), 1):
+    for i, sized in enumerate(shapes(recipe, stages, str(recipe_path), override), 1):
         model = f"{sized.input} → {sized.shape.layers} layers ({human(sized.shape.total)} params)" if sized.shape else f"reads {sized.input}"
         lines.append(f"  {i:>2}. {sized.name:<12} {sized.type:<12} {model}" + "".join(f"; {n}" for n in sized.notes))
     lines.append(f"dry run OK: {len(stages)} stages; nothing was run")
@@ -676,6 +676,10 @@ def run_recipe(
         where = resolved.launch
         with track_energy(recipe.energy_country, enabled=recipe.energy and procs.is_main) as energy:
             if where.launched and not inside_launch():
+                if where.nodes > 1 and not in_slurm_allocation():
+                    raise LlamakError(f"stage {stage.name}: a recipe launches on {where.nodes} nodes through Slurm (srun, e.g. "
+                                      "recipes/slurm/llama-k-70b.sbatch); outside Slurm run the stage with `llamak train KIND CONFIG "
+                                      "--nodes N` on every node (NODE_RANK, MASTER_ADDR, MASTER_PORT)")
                 metrics = run_launched(stage.name, stage.type, launched_config(stage, where, ctx), model, out_dir, where)
             elif STAGES[stage.type].launched or procs.is_main:
                 where = Launch(int(os.environ.get("WORLD_SIZE", "1")))  # in this process (or all of an outer `accelerate launch`)
