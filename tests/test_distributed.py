@@ -159,8 +159,10 @@ def test_zero3_cpt_equals_ddp_cpt(ddp_run, zero3_run):
 # --------------------------------------------------------------------------- a rank dies
 
 
-def test_killed_rank_fails_the_stage_in_one_line_and_the_rerun_resumes(pair, tmp_path):
-    recipe = training_recipe(tmp_path / "r.yaml", *pair, "kill", stages=["cpt"])
+@pytest.mark.parametrize("sharding", ["ddp", "zero3"])
+def test_killed_rank_fails_the_stage_in_one_line_and_the_rerun_resumes(pair, tmp_path, sharding):
+    """ddp resumes from the Trainer's checkpoint, zero3 from DeepSpeed's sharded one."""
+    recipe = training_recipe(tmp_path / "r.yaml", *pair, "kill", stages=["cpt"], launch={"processes": 2, "sharding": sharding})
     data = yaml.safe_load(recipe.read_text())
     data["stages"][1]["cpt"].update(max_steps=12, save_steps=2)
     recipe.write_text(yaml.safe_dump(data, allow_unicode=True))
@@ -183,7 +185,7 @@ def test_killed_rank_fails_the_stage_in_one_line_and_the_rerun_resumes(pair, tmp
 
     killer = threading.Thread(target=kill_rank_one)
     killer.start()
-    failed = llamak("run", recipe, "--out", tmp_path / "runs", "--processes", "2", cwd=tmp_path)
+    failed = llamak("run", recipe, "--out", tmp_path / "runs", cwd=tmp_path)
     killer.join()
     assert killed, "rank 1 was never seen"
     assert failed.returncode == 2
@@ -193,7 +195,7 @@ def test_killed_rank_fails_the_stage_in_one_line_and_the_rerun_resumes(pair, tmp
     assert log_file.is_file() and log_file.parts[-2] == "1"
     assert "the rerun resumes from checkpoint-" in line
 
-    resumed = llamak("run", recipe, "--out", tmp_path / "runs", "--processes", "2", cwd=tmp_path)
+    resumed = llamak("run", recipe, "--out", tmp_path / "runs", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = manifest(tmp_path / "runs" / "kill")["stages"]["cpt"]["metrics"]
     assert metrics["global_step"] == 12 and metrics["resumed_from_step"] >= 4

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llamak.checkpoint import ModelDir
 from llamak.errors import LlamakError
 from llamak.lineage import LayerMap, atomic_output, content_hash, file_fingerprint, inserted_layers, make_lineage, write_lineage
-from llamak.train.sharding import SHARDED, current_sharding, load_dtype, trainer_fields, upcast_trainable
+from llamak.train.sharding import DEEPSPEED, SHARDED, current_sharding, load_dtype, trainer_fields, upcast_trainable
 
 log = logging.getLogger("llamak")
 
@@ -127,8 +127,39 @@ def load_model(source: ModelDir, args, config=None):
     from transformers import AutoModelForCausalLM
 
     dtype = load_dtype(current_sharding(), source_dtype(source), bool(args.bf16))
+    if current_sharding() in DEEPSPEED:
+        return load_zero3(source, dtype, config)
     kwargs = {"config": config} if config is not None else {}
     return AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
+
+
+def load_zero3(source: ModelDir, dtype, config=None):
+    """A ZeRO-3 model built partitioned (`zero.Init`), then filled one tensor at a time: rank 0
+    reads each tensor from the safetensors shards and DeepSpeed scatters it. transformers' own ZeRO-3
+    loading first reads every shard into rank 0's memory (the whole model: 140 GB at 70B)."""
+    import deepspeed
+    import torch.distributed as dist
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from llamak.surgery.tensors import CheckpointReader
+
+    config = config or AutoConfig.from_pretrained(source.path)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # partitioned: transformers sees ZeRO-3
+    reader = CheckpointReader(source.path) if dist.get_rank() == 0 else None
+    try:
+        for name, param in model.named_parameters():  # tied weights appear once
+            if reader is not None and name not in reader:
+                raise LlamakError(f"{source.path}: no tensor {name!r} in its safetensors files")
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if reader is not None:
+                    param.data.copy_(reader.read(name).to(param.dtype))
+    finally:
+        if reader is not None:
+            reader.close()
+    model.config._name_or_path = str(source.path)  # where TRL reloads a reference from
+    if (source.path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(source.path)
+    return model.eval()
 
 
 def build_model(source: ModelDir, args, mode: Literal["inserted", "all", "lora"], settings: TrainSettings, config=None):
@@ -273,6 +304,25 @@ def source_dtype(source: ModelDir):
     return getattr(torch, str(name).replace("torch.", ""), torch.float32)
 
 
+def save_zero3_weights(model, out_dir: Path | None, dtype) -> None:
+    """ZeRO-3 weights as a plain safetensors checkpoint, gathered one parameter at a time on every
+    rank (call it on all of them, `out_dir` on the main one only): the writer never holds more than
+    one tensor of the model. DeepSpeed's own 16-bit save and `accelerator.get_state_dict` gather
+    every weight onto one process first — 140 GB of host memory at 70B."""
+    import deepspeed
+
+    from llamak.surgery.tensors import ShardedWriter, TensorSpec
+
+    params = list(model.named_parameters())  # tied weights appear once, as in save_pretrained
+    writer = ShardedWriter(out_dir, [TensorSpec(n, dtype, tuple(getattr(p, "ds_shape", p.shape))) for n, p in params]) if out_dir else None
+    for name, param in params:
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if writer is not None:
+                writer.write(name, param.detach().to("cpu", dtype))
+    if writer is not None:
+        writer.close()
+
+
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
     """The newest `checkpoint-N` that was fully written (the Trainer writes trainer_state.json last;
     a process killed while saving leaves a checkpoint without it, which must not be resumed)."""
@@ -327,20 +377,31 @@ def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints:
         "train_seconds": round(time.time() - started, 2),
         "log_history": [h for h in state.log_history if "loss" in h],
     }
-    # sharded weights: every rank takes part in gathering them; the main process writes them
-    full_state = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    # sharded weights: every rank takes part in gathering them; the main process writes them —
+    # ZeRO-3 one parameter at a time (streamed into the shards), FSDP as one state dict
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    full_state = accelerator.get_state_dict(trainer.model_wrapped) if sharded and not zero3 else None
+    model = accelerator.unwrap_model(trainer.model)
+    dtype = source_dtype(source)
+    if zero3 and not accelerator.is_main_process:
+        save_zero3_weights(model, None, dtype)
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(trainer.model)
         if hasattr(model, "merge_and_unload"):  # LoRA: the saved model is plain weights
             model = model.merge_and_unload()
         model.config.use_cache = True
-        dtype = source_dtype(source)
-        if full_state is None:
+        if full_state is None and not zero3:
             model.to(dtype)
-        else:
+        elif full_state is not None:
             full_state = {k: v.to(dtype) for k, v in full_state.items()}
         with atomic_output(out, overwrite=True) as tmp:
-            model.save_pretrained(tmp, state_dict=full_state)
+            if zero3:
+                save_zero3_weights(model, tmp, dtype)
+                model.config.dtype = dtype
+                model.config.save_pretrained(tmp)
+                if model.can_generate() and model.generation_config is not None:
+                    model.generation_config.save_pretrained(tmp)
+            else:
+                model.save_pretrained(tmp, state_dict=full_state)
             tokenizer.save_pretrained(tmp)
             layer_map = source.layer_map if source.is_expanded else None
             write_lineage(tmp, make_lineage(stage, args, inputs, layer_map, metrics=metrics))

@@ -71,7 +71,10 @@ def deepspeed_config(sharding: str, layer_parameters: int | None = None) -> dict
     parameters kept live are capped at two decoder layers (DeepSpeed's 1e9 default, reached at 70B,
     would keep a small model whole on every rank after its first forward pass)."""
     ds = read_accelerate_config(sharding)["deepspeed_config"]
-    zero: dict = {"stage": int(ds.get("zero_stage", 3)), "stage3_gather_16bit_weights_on_model_save": bool(ds.get("zero3_save_16bit_model", True))}
+    # No 16-bit gather at save: the Trainer's checkpoints keep DeepSpeed's own sharded files (what a
+    # resume reads), and llamak writes the final weights itself, one gathered tensor at a time
+    # (`common.save_zero3_weights`) — a gather would put the whole model on rank 0 at every save.
+    zero: dict = {"stage": int(ds.get("zero_stage", 3)), "stage3_gather_16bit_weights_on_model_save": False}
     if layer_parameters:
         live = min(DEEPSPEED_LIVE_PARAMETERS, 2 * layer_parameters)
         zero |= {"stage3_max_live_parameters": live, "stage3_max_reuse_distance": live}
