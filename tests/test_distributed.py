@@ -257,8 +257,8 @@ def test_sharded_loading_holds_no_full_float32_copy(tmp_path, sharding):
         assert all(r["local_elements"] == total == r["float32_elements"] for r in ranks)
 
 
-def test_rank_memory_bench_prints_its_json(pair, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "rank_memory.py"), "--model", str(pair[0]), "--processes", "2",
+def test_rank_memory_bench_prints_its_json(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "rank_memory.py"), "--synthetic", "30M", "--processes", "2",
                            "--sharding", "zero3", "--work", str(tmp_path)], capture_output=True, text=True, env=env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
