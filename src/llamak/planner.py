@@ -24,7 +24,7 @@ from pathlib import Path
 
 from llamak.errors import LlamakError
 from llamak.shape import Shape
-from llamak.train.sharding import SHARDED
+from llamak.train.sharding import SHARDED, check_sequence_parallel
 
 GB = 1e9
 BF16, FP32 = 2, 4
@@ -162,7 +162,7 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
                                   f"{shape.max_positions}; set rope_parameters (or rope_theta) to extend it")
             sp = getattr(cfg, "sequence_parallel", 1)
             if sp > 1:
-                check_sequence_parallel(sp, shape, r.launch, here)
+                check_sequence_parallel(sp, shape, r.launch.world_size, r.launch.sharding, f"{here}: ")
                 notes.append(f"sequence parallel ×{sp} (Ulysses)")
             if getattr(cfg, "use_vllm", False) and importlib.util.find_spec("vllm") is None:
                 notes.append("generates with vLLM (not installed here)")
@@ -185,20 +185,6 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
             notes.append(f"launched: {r.launch.world_size} processes ({r.launch.processes} × {r.launch.nodes} nodes), {r.launch.sharding}")
         out.append(StageShape(stage.name, stage.type, input_ref, made, shape, notes))
     return out
-
-
-def check_sequence_parallel(sp: int, shape: Shape, launch, here: str) -> None:
-    """Ulysses splits the attention heads over the SP group, and the group lives inside the world."""
-    from llamak.train.sharding import DEEPSPEED
-
-    if shape.heads % sp or (shape.kv_heads % sp and sp % shape.kv_heads):
-        raise LlamakError(f"{here}: field 'sequence_parallel': {sp} must divide the model's {shape.heads} attention heads "
-                          f"and its {shape.kv_heads} key/value heads (or be a multiple of them)")
-    if launch.world_size % sp:
-        raise LlamakError(f"{here}: field 'sequence_parallel': {sp} does not divide the stage's {launch.world_size} processes "
-                          f"({launch.processes} × {launch.nodes} nodes)")
-    if launch.sharding not in DEEPSPEED:
-        raise LlamakError(f"{here}: field 'sequence_parallel': needs sharding zero3 (DeepSpeed Ulysses), the stage launches with {launch.sharding}")
 
 
 def _width(s: Shape) -> tuple:

@@ -366,26 +366,13 @@ def sequence_parallel_config(size: int, source):
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-    from llamak.errors import LlamakError
-    from llamak.train.sharding import DEEPSPEED, current_sharding
+    from llamak.shape import Shape
+    from llamak.train.sharding import check_sequence_parallel, current_sharding
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if current_sharding() not in DEEPSPEED:
-        raise LlamakError(f"sequence_parallel: {size} needs sharding zero3 (DeepSpeed Ulysses); this stage runs with {current_sharding()}")
-    if world % size:
-        raise LlamakError(f"sequence_parallel: {size} does not divide the {world} processes of the stage")
-    check_heads(size, source.config)
+    check_sequence_parallel(size, Shape.from_config(source.config), world, current_sharding(), "")
     handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa")
     return ParallelismConfig(dp_shard_size=world // size, sp_size=size, sp_backend="deepspeed", sp_handler=handler)
-
-
-def check_heads(size: int, config: dict) -> None:
-    """Ulysses splits attention heads over the SP group: the heads (and key/value heads) must divide."""
-    from llamak.errors import LlamakError
-
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    if heads % size or (kv % size and size % kv):
-        raise LlamakError(f"sequence_parallel: {size} must divide the model's {heads} attention heads and its {kv} key/value heads")
 
 
 def inference_engine(trainer, model):

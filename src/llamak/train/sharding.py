@@ -190,3 +190,15 @@ def upcast_trainable(model) -> int:
             p.data = p.data.float()
             moved += 1
     return moved
+
+
+def check_sequence_parallel(size: int, shape: Shape, world_size: int, sharding: str, where: str) -> None:
+    """Ulysses splits the attention heads over the SP group, the group lives inside the world, and
+    it runs on DeepSpeed: the one check for the dry run, the planner and the LongPO trainer."""
+    if shape.heads % size or (shape.kv_heads % size and size % shape.kv_heads):
+        raise LlamakError(f"{where}field 'sequence_parallel': {size} must divide the model's {shape.heads} attention heads "
+                          f"and its {shape.kv_heads} key/value heads (or be a multiple of them)")
+    if world_size % size:
+        raise LlamakError(f"{where}field 'sequence_parallel': {size} does not divide the stage's {world_size} processes")
+    if sharding not in DEEPSPEED:
+        raise LlamakError(f"{where}field 'sequence_parallel': needs sharding zero3 (DeepSpeed Ulysses), the stage launches with {sharding}")
