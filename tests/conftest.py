@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GB of KV cache for vLLM's CPU engine: plenty for tiny models
 import torch
 
 

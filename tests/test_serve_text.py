@@ -31,6 +31,22 @@ def test_detokenizer_never_splits_a_hangul_syllable(llama3_tokenizer):
     assert sum(1 for d in deltas if d == "") > 0  # some tokens were held back mid-syllable
 
 
+def test_detokenizer_work_is_linear_in_the_answer(llama3_tokenizer):
+    """Each token decodes a short window, not the whole answer so far (which is quadratic)."""
+    decoded = []
+
+    class Counting:
+        def decode(self, ids, **kwargs):
+            decoded.append(len(ids))
+            return llama3_tokenizer.decode(ids, **kwargs)
+
+    text = KOREAN * 20
+    ids = llama3_tokenizer(text, add_special_tokens=False)["input_ids"]
+    detok = Detokenizer(Counting(), stops=["끝났다"])
+    assert "".join([detok.add(i) for i in ids] + [detok.flush()]) == text
+    assert sum(decoded) < 6 * len(ids) and max(decoded) <= 6, (sum(decoded), len(ids), max(decoded))
+
+
 def test_detokenizer_stop_string_across_tokens(llama3_tokenizer):
     ids = llama3_tokenizer(KOREAN, add_special_tokens=False)["input_ids"]
     detok = Detokenizer(llama3_tokenizer, stops=["세종대왕"])

