@@ -1,16 +1,21 @@
-"""Benchmark: `llamak serve` vs `transformers serve` on the same model and machine, same script.
+"""Benchmark: `llamak serve` (both engines) vs `vllm serve` and `transformers serve`, same model,
+same machine, one script.
 
-    .venv/bin/python bench/serve.py                       # tiny-instruct and SmolLM2-135M-Instruct
-    .venv/bin/python bench/serve.py --models tiny --max-tokens 32
+    .venv/bin/python bench/serve.py                       # SmolLM2-135M-Instruct, c = 1/4/8/16
+    .venv/bin/python bench/serve.py --models tiny smollm2 --servers "llamak hf" "llamak vllm"
 
 For each model, each server is started as its own process and warmed up with one request; then
-C clients (C = 1, 4, 8) each send `--requests` chat completions back to back (non-streamed, greedy,
-fixed max_tokens, prompts in Korean and English). Reported: completion tokens/s over the wall time
-of the whole round (from each response's `usage`), and p50/p95 request latency. Servers:
-`llamak` (HF engine: batched generate on a worker thread), `transformers serve` as it starts by
-default, and `transformers serve --continuous-batching` with its paged cache sized for a CPU (the
-defaults size it for a GPU: the first CPU request then takes ~50 s). The goal from issue 9: llamak
-≥ 1.0× transformers serve's throughput at concurrency 4. Results: bench/results/serve_cpu.json.
+C clients each send `--requests` chat completions back to back (non-streamed, greedy, fixed
+max_tokens, prompts in Korean and English). Reported: completion tokens/s over the wall time of the
+whole round (from each response's `usage`), and p50/p95 request latency. Servers:
+- `llamak hf`: `llamak serve` on its transformers engine (continuous batching on a worker thread);
+- `llamak vllm`: `llamak serve --engine vllm` (vLLM's AsyncLLM behind llamak's API);
+- `vllm serve`: plain vLLM with the same engine settings (float32 and eager mode on a CPU);
+- `transformers serve --continuous-batching` with its paged cache sized for a CPU (the defaults size
+  it for a GPU: the first CPU request then takes ~50 s); `transformers serve` (no batching) on request.
+Goals (issue 18): llamak vllm ≥ 0.9× vllm serve's tokens/s at every concurrency and p95 ≤ 1.1×;
+the best llamak engine ≥ 2× transformers serve --continuous-batching at c=8.
+Results: bench/results/serve_cpu.json.
 """
 
 from __future__ import annotations
@@ -52,11 +57,20 @@ def free_port() -> int:
 def server_commands(model_dir: str, port: int) -> dict[str, list[str]]:
     cb = ["--continuous-batching", "--cb-num-blocks", "256", "--cb-block-size", "32", "--cb-max-batch-tokens", "512"]
     hf = [str(BIN / "transformers"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "warning"]
+    llamak = [str(BIN / "llamak"), "serve", model_dir, "--port", str(port), "--served-name", model_dir]
+    # the settings llamak's vLLM engine uses on a CPU (llamak.generation.vllm_engine_args)
+    vllm = [str(BIN / "vllm"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+            "--disable-log-stats", "--served-model-name", model_dir]
     return {
-        "llamak": [str(BIN / "llamak"), "serve", model_dir, "--port", str(port), "--served-name", model_dir],
-        "transformers serve": hf,
+        "llamak hf": llamak + ["--max-batch-size", "16"],
+        "llamak vllm": llamak + ["--engine", "vllm"],
+        "vllm serve": vllm,
         "transformers serve --continuous-batching": hf + cb,
+        "transformers serve": hf,
     }
+
+
+DEFAULT_SERVERS = ["llamak hf", "llamak vllm", "vllm serve", "transformers serve --continuous-batching"]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -100,7 +114,7 @@ def round_(url: str, model: str, clients: int, requests: int, max_tokens: int) -
 
 def bench_server(name: str, command: list[str], port: int, model_id: str, args) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     try:
         wait_ready(url, proc)
@@ -123,34 +137,55 @@ def bench_server(name: str, command: list[str], port: int, model_id: str, args) 
             proc.kill()
 
 
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "CPU")
+    return f"{os.cpu_count()} cores of {cpu}"
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """The issue's comparisons: llamak vllm / vllm serve (tokens/s and p95) per concurrency, and the
+    best llamak engine / transformers serve --continuous-batching (tokens/s) per concurrency."""
+    by = {(r["server"], r["clients"]): r for r in rows}
+    out = []
+    for c in sorted({r["clients"] for r in rows}):
+        ours, plain = by.get(("llamak vllm", c)), by.get(("vllm serve", c))
+        if ours and plain:
+            out.append({"what": f"llamak vllm / vllm serve tokens/s at c={c}", "ratio": ours["tokens_per_s"] / plain["tokens_per_s"]})
+            out.append({"what": f"llamak vllm / vllm serve p95 latency at c={c}", "ratio": ours["p95_s"] / plain["p95_s"]})
+        best = max((by[(s, c)] for s in ("llamak hf", "llamak vllm") if (s, c) in by), key=lambda r: r["tokens_per_s"], default=None)
+        cb = by.get(("transformers serve --continuous-batching", c))
+        if best and cb:
+            out.append({"what": f"best llamak ({best['server']}) / transformers serve --continuous-batching tokens/s at c={c}",
+                        "ratio": best["tokens_per_s"] / cb["tokens_per_s"]})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--models", nargs="+", default=["smollm2"], choices=list(MODELS))
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8, 16])
     parser.add_argument("--requests", type=int, default=2, help="requests per client (twice that at concurrency 1)")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--servers", nargs="+", default=None, help="subset of: llamak, 'transformers serve', 'transformers serve --continuous-batching'")
+    parser.add_argument("--servers", nargs="+", default=DEFAULT_SERVERS,
+                        help="any of: 'llamak hf', 'llamak vllm', 'vllm serve', 'transformers serve --continuous-batching', 'transformers serve'")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_cpu.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from llamak.zoo import resolve_model
 
-    report = {"machine": f"{os.cpu_count()} CPU cores", "max_tokens": args.max_tokens, "models": {}}
+    report = {"machine": machine(), "max_tokens": args.max_tokens, "models": {}}
     for key in args.models:
         model_dir = str(resolve_model(MODELS[key]))
         print(f"{key} ({model_dir})", flush=True)
         rows = []
         for name, command in server_commands(model_dir, free_port()).items():
-            if args.servers and name not in args.servers:
+            if name not in args.servers:
                 continue
             port = int(command[command.index("--port") + 1])
             rows += bench_server(name, command, port, model_dir, args)
-        ours = {r["clients"]: r for r in rows if r["server"] == "llamak"}
-        for r in rows:
-            if r["server"] != "llamak" and r["clients"] in ours and r["tokens_per_s"] > 0:
-                ratio = ours[r["clients"]]["tokens_per_s"] / r["tokens_per_s"]
-                print(f"  llamak / {r['server']} at c={r['clients']}: {ratio:.2f}×")
-        report["models"][key] = rows
+        report["models"][key] = {"rows": rows, "ratios": ratios(rows)}
+        for line in report["models"][key]["ratios"]:
+            print("  " + line["what"] + f": {line['ratio']:.2f}×", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

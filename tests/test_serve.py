@@ -231,3 +231,21 @@ def test_a_failing_request_ends_with_an_error_and_the_engine_goes_on(engine):
     assert bad[-1].finish_reason == "error" and "generation failed" in bad[-1].text
     good = list(engine.stream_sync(Request(engine.tokenizer("hello", add_special_tokens=False)["input_ids"], 3, 0.0)))
     assert good[-1].finish_reason in ("stop", "length")
+
+
+def test_generate_batch_runner_on_the_engine(engine, tmp_path):
+    """`llamak generate --jsonl`'s runner: every line in flight together, results in input order."""
+    from llamak.serve.generate import run_batch
+    from llamak.serve.guard import Guard
+    from llamak.serve.tasks import TaskInput
+
+    texts = ["서울은 대한민국의 수도이다. 한강이 도시를 가로지른다.", "Busan is a port city in the south of Korea.", "김치는 발효 음식이다."]
+    settings = {"max_tokens": 8, "temperature": 0.0, "seed": None, "guard": Guard("off")}
+    summaries = [({"text": t, "id": i}, TaskInput("summarize", t, [], "", "auto")) for i, t in enumerate(texts)]
+    assert run_batch(engine, summaries, tmp_path / "s.jsonl", progress=False, **settings) == 3
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2] and all(r["finish_reason"] in ("stop", "length") for r in rows)
+    labels = ["긍정", "부정"]
+    classified = [({"text": t}, TaskInput("classify", t, labels, "", "auto")) for t in ["정말 좋아요!", "별로예요."]]
+    run_batch(engine, classified, tmp_path / "c.jsonl", progress=False, **settings)
+    assert all(json.loads(line)["label"] in labels for line in (tmp_path / "c.jsonl").read_text(encoding="utf-8").splitlines())
