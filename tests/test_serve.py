@@ -18,7 +18,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from llamak.serve.api import ServerConfig, create_app  # noqa: E402
 from llamak.generation import vllm_installed  # noqa: E402
-from llamak.serve.engine import HFEngine, Request, VLLMEngine  # noqa: E402
+from llamak.serve.engine import Request, make_engine  # noqa: E402
 from llamak.zoo import resolve_model  # noqa: E402
 
 KEY = "sk-llamak-test"
@@ -49,7 +49,7 @@ class LiveServer:
 def engine(request):
     """One engine per kind for the whole module (vLLM's takes ~50 s to start on 2 cores)."""
     path = resolve_model("zoo:tiny-instruct")  # head_dim 32: vLLM's CPU attention takes it (not 16)
-    e = HFEngine(path, max_batch_size=8) if request.param == "hf" else VLLMEngine(path)
+    e = make_engine(path, request.param, max_batch_size=8)  # what `llamak serve --engine …` builds
     yield e
     e.close()
 

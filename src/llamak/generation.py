@@ -116,15 +116,12 @@ def load_for_generation(model_dir: str | Path, dtype: torch.dtype | None = None,
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval(), tokenizer
 
 
-class HFGenerator:
-    name = "hf"
+class Generator:
+    """What every engine offers: `generate(prompts, sampling)`, the model's tokenizer, and `close()`
+    (also as a context manager) to free the engine before the next one starts."""
 
-    def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype | None = None, device: str | None = None):
-        self.model, self.tokenizer = load_for_generation(model_dir, dtype, device)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
-        self.batch_size = batch_size
+    name: str
+    tokenizer: object
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -133,6 +130,26 @@ class HFGenerator:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class HFGenerator(Generator):
+    name = "hf"
+
+    def __init__(self, model_dir: str | Path, batch_size: int = 8, dtype: torch.dtype | None = None, device: str | None = None):
+        self.model, self.tokenizer = load_for_generation(model_dir, dtype, device)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: Sampling = Sampling(), desc: str = "generate", progress: bool = True) -> list[str]:
@@ -153,11 +170,13 @@ class HFGenerator:
         return out
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     """The same interface on vLLM's offline `LLM`. All prompts go to the engine at once: its scheduler
     batches them (continuous batching), so there is no batch size. Greedy when temperature is 0, as in HF.
     On a CPU the engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set): it then
-    starts in ~15 s instead of ~50 s, since no engine and worker processes are spawned."""
+    starts in ~15 s instead of ~50 s, since no engine and worker processes are spawned. vLLM keeps
+    the in-process engine's parallel groups in globals, so only one may live at a time: `close()` it
+    (or use `with`) before the next starts."""
 
     name = "vllm"
 
@@ -174,9 +193,6 @@ class VLLMGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.llm = LLM(**vllm_engine_args(model_dir, max_model_len, gpu_memory_utilization))
 
-    render = HFGenerator.render
-    count_tokens = HFGenerator.count_tokens
-
     def generate(self, prompts: list[Prompt], sampling: Sampling = Sampling(), desc: str = "generate", progress: bool = True) -> list[str]:
         from vllm import SamplingParams
 
@@ -186,3 +202,11 @@ class VLLMGenerator:
         ids = [self.tokenizer(self.render(p), add_special_tokens=False)["input_ids"] for p in prompts]
         outputs = self.llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
         return [o.outputs[0].text for o in outputs]
+
+    def close(self) -> None:
+        import gc
+
+        if getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()

@@ -56,18 +56,23 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
             lm = shared_lm(get_generator(), settings.batch_size)
         return lm
 
-    for spec in specs:
-        if spec.name == "long":
-            from llamak.evaluate.long import run_long_suite
+    own = generator is None  # built here: closed here, before the next model's engine starts
+    try:
+        for spec in specs:
+            if spec.name == "long":
+                from llamak.evaluate.long import run_long_suite
 
-            results["long"] = run_long_suite(get_generator(), settings.lengths, settings.depths, settings.samples, settings.langs,
-                                             out_dir=out_dir, seed=settings.seed, progress=progress, max_new_tokens=settings.max_new_tokens)
-        elif spec.name == "safety":
-            from llamak.evaluate.safety import run_safety_suite
+                results["long"] = run_long_suite(get_generator(), settings.lengths, settings.depths, settings.samples, settings.langs,
+                                                 out_dir=out_dir, seed=settings.seed, progress=progress, max_new_tokens=settings.max_new_tokens)
+            elif spec.name == "safety":
+                from llamak.evaluate.safety import run_safety_suite
 
-            results["safety"] = run_safety_suite(model_dir, get_generator(), settings.limit, settings.seed, engine, settings.batch_size, out_dir, progress, get_lm())
-        else:
-            results[spec.name] = run_lm_eval_suite(model_dir, spec, engine, settings.limit, settings.batch_size, settings.seed, lm=get_lm())
+                results["safety"] = run_safety_suite(model_dir, get_generator(), settings.limit, settings.seed, engine, settings.batch_size, out_dir, progress, get_lm())
+            else:
+                results[spec.name] = run_lm_eval_suite(model_dir, spec, engine, settings.limit, settings.batch_size, settings.seed, lm=get_lm())
+    finally:
+        if own and generator is not None:
+            generator.close()
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -216,8 +216,8 @@ class ProbeOptions(BaseModel):
         from llamak.evaluate.long import run_long_suite
         from llamak.generation import make_generator
 
-        generator = make_generator(model_dir, self.engine, self.batch_size)
-        return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress, self.max_new_tokens)
+        with make_generator(model_dir, self.engine, self.batch_size) as generator:
+            return run_long_suite(generator, self.lengths, self.depths, self.samples, self.langs, self.tasks, out_dir, self.seed, progress, self.max_new_tokens)
 
 
 class LongpoConfig(TrainSettings):
@@ -443,7 +443,8 @@ def synthesize_pairs(options: SynthOptions, model_dir: Path, folder: Path, progr
         return folder / "pairs.jsonl"
     settings = options.settings()
     documents = pick_documents(read_documents(options.documents), options.max_documents, options.seed)
-    records, stats = synthesize(documents, make_generator(model_dir, options.engine, options.batch_size), settings, progress)
+    with make_generator(model_dir, options.engine, options.batch_size) as generator:
+        records, stats = synthesize(documents, generator, settings, progress)
     if not records:
         dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items()) or "none"
         raise LlamakError(f"longpo synth: no pairs from {stats.documents} documents (dropped: {dropped}); "
