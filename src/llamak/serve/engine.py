@@ -45,6 +45,7 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stream: bool = True  # False: the caller only wants the final text (vLLM then sends nothing per token)
 
 
 @dataclass
@@ -378,7 +379,8 @@ class VLLMEngine(Engine):
 
         r, count = handle.request, 0
         params = SamplingParams(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p if r.temperature > 0 else 1.0,
-                                seed=r.seed, stop=r.stop or None, output_kind=RequestOutputKind.DELTA)
+                                seed=r.seed, stop=r.stop or None,
+                                output_kind=RequestOutputKind.DELTA if r.stream else RequestOutputKind.FINAL_ONLY)
         outputs = self.engine.generate({"prompt_token_ids": r.prompt_ids}, params, f"llamak-{next(self._ids)}")
         try:
             async for out in outputs:
