@@ -119,10 +119,29 @@ def round_(url: str, model: str, clients: int, requests: int, max_tokens: int) -
             "p50_s": statistics.median(latencies), "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]}
 
 
+def stop_group(proc: subprocess.Popen) -> int:
+    """SIGTERM the server, wait for it, then SIGKILL whatever of its process group remains; returns
+    how many processes outlived the server (a server that leaks its engine processes shows here)."""
+    import signal
+
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    time.sleep(2)
+    survivors = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    if survivors:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return len(survivors)
+
+
 def bench_server(name: str, command: list[str], port: int, model_id: str, args) -> list[dict]:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **VLLM_CPU_ENV}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    # its own process group: the teardown stops everything it started (vLLM's engine processes too)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True, start_new_session=True)
     try:
         wait_ready(url, proc)
         ask(url, model_id, PROMPTS[0], args.max_tokens)  # warm-up (and transformers serve's model load)
@@ -137,11 +156,9 @@ def bench_server(name: str, command: list[str], port: int, model_id: str, args) 
         print(f"  {name}: failed: {e} {err}", flush=True)
         return []
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        left = stop_group(proc)
+        if left:
+            print(f"  {name}: {left} of its processes were still running after it stopped (killed)", flush=True)
 
 
 def machine() -> str:

@@ -398,4 +398,13 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
 def serve(engine, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(engine, config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    import signal
+    import sys
+
+    # uvicorn shuts down on SIGTERM, then raises it again: by default that ends the process at once, and
+    # vLLM's engine processes would outlive it. As an exit instead, `finally` stops the engine first.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(create_app(engine, config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    finally:
+        engine.close()
