@@ -90,6 +90,9 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    # SIGTERM ends `llamak serve` through its exit path, which closes the engine (vLLM's engine
+    # processes would otherwise outlive the server); a plain SIGTERM death would be -15
+    assert proc.returncode == 0, log.read_text(errors="replace")[-2000:]
 
 
 @pytest.fixture(scope="module")
