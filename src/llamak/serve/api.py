@@ -16,6 +16,8 @@ import functools
 import importlib.resources
 import json
 import secrets
+import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -397,9 +399,6 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
 
 def serve(engine, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
-
-    import signal
-    import sys
 
     # uvicorn shuts down on SIGTERM, then raises it again: by default that ends the process at once, and
     # vLLM's engine processes would outlive it. As an exit instead, `finally` stops the engine first.

@@ -334,8 +334,8 @@ class HFEngine(Engine):
                 layer.keys, layer.values = layer.keys[..., unused:, :], layer.values[..., unused:, :]
 
 
-# vLLM's finish reasons in our words ("abort": the request was cancelled)
-FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
+# vLLM's finish reasons that differ from ours ("stop" and "length" are the same words)
+FINISH_REASONS = {"abort": "cancelled"}
 
 
 class VLLMEngine(Engine):
