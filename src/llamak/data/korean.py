@@ -9,9 +9,6 @@ quality filter and the profanity filter usually see the same text (PII masking r
 from __future__ import annotations
 
 import functools
-import re
-
-from datatrove.utils.word_tokenizers import WordTokenizer
 
 
 @functools.cache
@@ -24,19 +21,3 @@ def kiwi():
 @functools.lru_cache(maxsize=4)
 def morphemes(text: str) -> tuple:
     return tuple(kiwi().tokenize(text))
-
-
-class KoreanWords(WordTokenizer):
-    """datatrove word tokenizer for Korean: Kiwi morphemes (what Gopher/FineWeb filters count as words)."""
-
-    _long_number = re.compile(r"[0-9,]{20,}")  # Kiwi is slow on very long digit runs
-
-    def word_tokenize(self, text: str) -> list[str]:
-        text = self._long_number.sub("", text)
-        return [text[t.start : t.end] for t in morphemes(text)]
-
-    def sent_tokenize(self, text: str) -> list[str]:
-        return [s.text for s in kiwi().split_into_sents(text)]
-
-    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-        return [(s.start, s.end) for s in kiwi().split_into_sents(text)]
