@@ -43,6 +43,9 @@ CATEGORIES = ("profanity", "sexual", "slur", "threat")
 _HANGUL = re.compile("[가-힣ㄱ-ㅣ]")
 MASKS = "*○●◯◎xX♡♥☆★□■◇◆#@?_"  # characters people type over a letter or syllable
 _SEPARATORS = r"(?:[\s\d\W_]|[xX])+"  # what gets typed between split syllables (씨 발, 시1발, 병.신)
+_TYPED = r"(?:[^\w\s]|[\d_xX])"  # a separator other than a space
+# particles and endings typed after a word in English mode (tlqkf + dk: 시발아), from their Hangul
+_KEYED_ENDINGS = "|".join(keyboard_keys(e) for e in ("아", "야", "들", "이", "가", "은", "는", "을", "를", "네", "냐", "이네", "같은", "놈", "년", "새끼"))
 ENGLISH_ENDINGS = ("", "s", "es", "ing", "in", "ed", "er", "ers", "y", "ty", "head", "heads", "face", "hole", "holes")
 
 
@@ -75,8 +78,8 @@ def korean_disguises(word: str) -> list[str]:
     out = []
     keys = keyboard_keys(word)
     if len(keys) >= 4:  # shorter key runs are English words too often
-        out.append(rf"(?<![A-Za-z]){re.escape(keys)}" + ("" if len(keys) >= 5 else "(?![A-Za-z])"))
-    if len(syllables) >= 2:
+        out.append(rf"(?<![A-Za-z]){re.escape(keys)}(?:{_KEYED_ENDINGS})?(?![A-Za-z])")
+    if 2 <= len(syllables) <= 3:  # longer words: hundreds of spellings nobody types
         latin = [r for r in romanisations(word, per_syllable=3) if re.search("[A-Za-z]", r)]
         whole = [r for r in latin if not any(map(is_syllable, r))]
         mixed = [r for r in latin if any(map(is_syllable, r))]
@@ -84,8 +87,13 @@ def korean_disguises(word: str) -> list[str]:
             out.append(r"(?<![A-Za-z])(?:" + "|".join(map(re.escape, sorted(whole, key=len, reverse=True))) + r")(?![A-Za-z])")
         if mixed:
             out.append(r"(?<![A-Za-z])(?:" + "|".join(map(re.escape, sorted(mixed, key=len, reverse=True))) + r")")
-        # split: each syllable standing alone, something typed between (not 질병 신고, 3시 발표)
-        out.append(r"(?<![\w])" + _SEPARATORS.join(syllables) + r"(?![가-힣])")
+    if len(syllables) >= 2:
+        # split, the word standing alone (not 질병 신고, 3시 발표): every syllable apart (씨 발, 개 새 끼), or
+        # something other than a space typed inside (시1발, 병.신, 죽1여버린다); not one space (개 새끼, a puppy)
+        n = len(syllables)
+        out.append(r"(?<![\w])" + r"\s+".join(syllables) + r"(?![가-힣])")
+        typed_inside = rf"(?=(?:[가-힣](?:{_SEPARATORS})?){{0,{n - 2}}}[가-힣]\s*{_TYPED})"
+        out.append(r"(?<![\w])" + typed_inside + f"(?:{_SEPARATORS})?".join(syllables) + r"(?![가-힣])")
     if len(syllables) >= 3:  # one syllable masked (개○끼); not the first, and not in two-syllable words
         mask = "[" + re.escape(MASKS) + "]"
         for i in range(1, len(syllables)):
@@ -94,17 +102,18 @@ def korean_disguises(word: str) -> list[str]:
 
 
 def english_masked(word: str) -> str:
-    """A word with masked letters (sh*t, f**k, c*nt): the first letter kept, others maskable."""
-    mask = "[" + re.escape("*#@_.%$!") + "]"
+    """A word with masked letters (sh*t, f**k, c#nt): the first letter kept, any other maskable."""
+    mask = "[" + re.escape("*#@_%$!") + "]"
     letters = "".join(f"(?:{re.escape(c)}|{mask})" for c in word[1:])
-    return rf"\b{re.escape(word[0])}{letters}(?:{'|'.join(e for e in ENGLISH_ENDINGS if e)})?(?!\w)(?<=[*#@_.%$!]\w*|[*#@_.%$!])"
+    endings = "|".join(e for e in ENGLISH_ENDINGS if e)
+    return rf"\b(?=[A-Za-z]*[*#@_%$!]){re.escape(word[0])}{letters}(?:{endings})?(?![\w*#@_%$!])"
 
 
 # ---------------------------------------------------------------------------- the second view
 
 _LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "|": "i", "0": "o", "5": "s", "$": "s", "7": "t", "+": "t"})
 _LEET_WORD = re.compile(r"(?<![\w@$!|+])(?=[\w@$!|+]*[A-Za-z])(?=[\w@$!|+]*[4@31!|05$7+])[A-Za-z@$][A-Za-z0-9@$!|+]*[A-Za-z0-9]")
-_SPACED_LETTERS = re.compile(r"(?<![A-Za-z])[A-Za-z](?:[ .\-_,*]+[A-Za-z](?![A-Za-z])){2,}")
+_SPACED_LETTERS = re.compile(r"(?<![A-Za-z])[A-Za-z](?:[ .\-_*][A-Za-z](?![A-Za-z])){2,}")
 _STRETCHED = re.compile(r"([A-Za-z])\1{2,}")
 _DECOMPOSED_JAMO = re.compile(r"[ㄱ-ㅎ][ㅏ-ㅣ]")
 
@@ -115,12 +124,12 @@ def _view_gate():
     import re2
 
     stretched = "|".join(c * 3 for c in "abcdefghijklmnopqrstuvwxyz")
-    return re2.compile(f"(?i)[A-Za-z@$][4@31!|05$7+]|[A-Za-z][ .\\-_,*]+[A-Za-z][ .\\-_,*]+[A-Za-z]|{stretched}|[ㄱ-ㅎ][ㅏ-ㅣ]")
+    return re2.compile(rf"(?i)[A-Za-z@$][4@31!|05$7+]|\b[A-Za-z][ .\-_*][A-Za-z][ .\-_*][A-Za-z]\b|{stretched}|[ㄱ-ㅎ][ㅏ-ㅣ]")
 
 
-def undisguised(text: str) -> tuple[str, list[int]] | None:
-    """A view of `text` with letter-changing disguises undone, and for each of its characters the
-    index of the original character it came from; None when there is nothing to undo."""
+def undisguised(text: str) -> tuple[str, list[int], list[int]] | None:
+    """A view of `text` with letter-changing disguises undone, and for each of its characters where
+    what it came from starts and ends in `text`; None when there is nothing to undo."""
     if not _view_gate().search(text):
         return None
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement), non-overlapping
@@ -143,56 +152,77 @@ def undisguised(text: str) -> tuple[str, list[int]] | None:
                 add(start, end, piece)
     if not edits:
         return None
-    view, origin, last = [], [], 0
+    view, starts, ends, last = [], [], [], 0
     for start, end, new in sorted(edits):
-        view.append(text[last:start])
-        origin += range(last, start)
-        view.append(new)
-        origin += [start + min(i * (end - start) // max(len(new), 1), end - start - 1) for i in range(len(new))]
+        view += [text[last:start], new]
+        starts += [*range(last, start), *[start] * len(new)]  # a replaced piece maps to all it replaced
+        ends += [*range(last + 1, start + 1), *[end] * len(new)]
         last = end
     view.append(text[last:])
-    origin += range(last, len(text))
-    origin.append(len(text))  # the end of the text
-    return "".join(view), origin
+    starts += range(last, len(text))
+    ends += range(last + 1, len(text) + 1)
+    return "".join(view), starts, ends
 
 
 # ---------------------------------------------------------------------------- RE2 prefilter
 
 
+# Python's \w, \W, \d are Unicode-aware (Hangul is a word character); RE2's are ASCII-only, and an
+# ASCII \W would match every Hangul syllable, which multiplies the states of the automaton.
+_RE2_OUTSIDE = {"w": r"[\p{L}\p{N}_]", "W": r"[^\p{L}\p{N}_]", "d": r"\p{Nd}", "s": r"[\s\x{a0}\x{3000}]"}
+_RE2_INSIDE = {"w": r"\p{L}\p{N}_", "d": r"\p{Nd}", "s": r"\s\x{a0}\x{3000}"}
+
+
 def re2_superset(pattern: str) -> str:
-    """`pattern` without what RE2 lacks (lookarounds, \\b): it matches wherever `pattern` does."""
-    out, i, depth_class = [], 0, False
+    """`pattern` for RE2: lookarounds and \b (which RE2 lacks) dropped, so it matches wherever
+    `pattern` does (and maybe more: it is a prefilter), with Unicode-aware character classes."""
+    out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            if pattern[i + 1] == "b" and not depth_class:
-                i += 2
-                continue
-            out.append(pattern[i : i + 2])
+            letter = pattern[i + 1]
+            if letter != "b":
+                out.append(_RE2_OUTSIDE.get(letter, pattern[i : i + 2]))
             i += 2
-            continue
-        if depth_class:
-            depth_class = c != "]" or (pattern[i - 1] == "[")
-            out.append(c)
-            i += 1
-            continue
-        if c == "[":
-            depth_class = True
-            out.append(c)
-            if pattern[i + 1 : i + 2] == "^":
-                out.append("^")
-                i += 1
-            if pattern[i + 1 : i + 2] == "]":
-                out.append("]")
-                i += 1
-            i += 1
-            continue
-        if pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
+        elif c == "[":
+            end = _class_end(pattern, i)
+            out.append(_re2_class(pattern[i + 1 : end]))
+            i = end + 1
+        elif pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), i):
             i = _group_end(pattern, i)
-            continue
-        out.append(c)
-        i += 1
+        else:
+            out.append(c)
+            i += 1
     return "".join(out)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Index of the `]` closing the class that opens at `start`."""
+    i = start + 1 + (pattern[start + 1 : start + 2] == "^")
+    i += pattern[i] == "]"  # a leading ] is a member
+    while pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i
+
+
+def _re2_class(body: str) -> str:
+    negated = body.startswith("^")
+    members, i, non_word = [], int(negated), False
+    while i < len(body):
+        if body[i] == "\\":
+            letter = body[i + 1]
+            if letter == "W" and not negated:
+                non_word = True
+            else:
+                members.append(_RE2_INSIDE.get(letter, body[i : i + 2]))
+            i += 2
+        else:
+            members.append(body[i])
+            i += 1
+    rest = "".join(members)
+    if non_word:  # [\s\d\W_] = every non-word character, or one of the rest
+        return rf"(?:[^\p{{L}}\p{{N}}_]|[{rest}])" if rest else r"[^\p{L}\p{N}_]"
+    return f"[{'^' if negated else ''}{rest}]"
 
 
 def alternatives(pattern: str) -> list[str]:
@@ -292,8 +322,8 @@ class ProfanityFilter:
         hits = self._find(text)
         view = undisguised(text)
         if view is not None:
-            seen, origin = view
-            hits += [Hit(h.category, origin[h.start], origin[h.end - 1] + 1, text[origin[h.start] : origin[h.end - 1] + 1]) for h in self._find(seen)]
+            seen, starts, ends = view
+            hits += [Hit(h.category, starts[h.start], ends[h.end - 1], text[starts[h.start] : ends[h.end - 1]]) for h in self._find(seen)]
         if self.allowed is not None and hits:
             safe = [(m.start(), m.end()) for m in self.allowed.finditer(text)]
             hits = [h for h in hits if not any(a <= h.start and h.end <= b for a, b in safe)]
