@@ -54,6 +54,10 @@ def keyboard_keys(word: str) -> str:
     return "".join(KEYS[j] for c in word for j in (jamo(c) if is_syllable(c) else (c,)) if j)
 
 
+# Latin letters read as a whole syllable (G랄 = 지랄, C발 = 씨발)
+LETTER_NAMES = {"씨": ("c",), "시": ("c",), "지": ("g", "z"), "비": ("b",), "디": ("d",), "티": ("t",), "피": ("p",), "이": ("e",), "제": ("j",), "케": ("k",)}
+
+
 def romanisations(word: str, per_syllable: int = 2) -> list[str]:
     """Latin spellings of `word`, whole or mixed with Hangul (씨발 → ssibal, sibal, 씨bal, ssi발, …):
     every syllable as itself or one of its first `per_syllable` romanisations, at least one in Latin."""
@@ -64,11 +68,15 @@ def romanisations(word: str, per_syllable: int = 2) -> list[str]:
             continue
         i, m, f = jamo(c)
         latin = [a + b + z for a in ROMAN_INITIAL[i] for b in ROMAN_MEDIAL[m] for z in ROMAN_FINAL.get(f, ("",))]
-        options.append((c, *dict.fromkeys(latin[:per_syllable])))
+        options.append((c, *dict.fromkeys(latin[:per_syllable] + list(LETTER_NAMES.get(c, ())))))
     return [s for s in map("".join, itertools.product(*options)) if s != word]
 
 
-_DECOMPOSED = re.compile(r"([ㄱ-ㅎ])([ㅏ-ㅣ])((?:[ㄱ-ㅎ])(?![ㅏ-ㅣ]))?")
+# a consonant jamo, a vowel jamo (or 1, l, |, ! for ㅣ: ㅅ1발), maybe a final consonant
+_DECOMPOSED = re.compile(r"([ㄱ-ㅎ])([ㅏ-ㅣ1l|!])((?:[ㄱ-ㅎ])(?![ㅏ-ㅣ]))?")
+
+
+_LOOKS_LIKE_I = str.maketrans({"1": "ㅣ", "l": "ㅣ", "|": "ㅣ", "!": "ㅣ"})
 
 
 def compose_jamo(text: str) -> str:
@@ -81,7 +89,7 @@ def compose_jamo_spans(text: str) -> list[tuple[str, int, int]]:
     """`text` cut into pieces (piece, start, end): composed syllables and untouched runs, for offset maps."""
     pieces, last = [], 0
     for m in _DECOMPOSED.finditer(text):
-        initial, medial, final = m.group(1), m.group(2), m.group(3) or ""
+        initial, medial, final = m.group(1), m.group(2).translate(_LOOKS_LIKE_I), m.group(3) or ""
         if initial not in INITIALS or (final and final not in FINALS):
             continue
         if m.start() > last:

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 
 import yaml
 
-from llamak.data.hangul import is_syllable, jamo, keyboard_keys, romanisations
+from llamak.data.hangul import compose_jamo_spans, is_syllable, jamo, keyboard_keys, romanisations
 
 CATEGORIES = ("profanity", "sexual", "slur", "threat")
 _HANGUL = re.compile("[가-힣ㄱ-ㅣ]")
 MASKS = "*○●◯◎xX♡♥☆★□■◇◆#@?_"  # characters people type over a letter or syllable
+_CLEAR_MASKS = "*○●◯◎♡♥☆★□■◇◆"  # ones that cannot be part of ordinary text next to a syllable
 _SEPARATORS = r"(?:[\s\d\W_]|[xX])+"  # what gets typed between split syllables (씨 발, 시1발, 병.신)
 _TYPED = r"(?:[^\w\s]|[\d_xX])"  # a separator other than a space
 # particles and endings typed after a word in English mode (tlqkf + dk: 시발아), from their Hangul
@@ -60,8 +61,17 @@ class Hit:
 @dataclass(frozen=True)
 class Rule:
     category: str
-    pattern: re.Pattern
+    source: str  # a regular expression, compiled on first use (most rules never run on a given corpus)
     morpheme: bool = False  # a candidate for the morpheme rules (checked by Kiwi), not a hit itself
+
+    @property
+    def pattern(self) -> re.Pattern:
+        return _compiled(self.source)
+
+
+@functools.cache
+def _compiled(source: str) -> re.Pattern:
+    return re.compile(source, re.IGNORECASE)
 
 
 def load_lexicon() -> dict:
@@ -93,11 +103,13 @@ def korean_disguises(word: str) -> list[str]:
         n = len(syllables)
         out.append(r"(?<![\w])" + r"\s+".join(syllables) + r"(?![가-힣])")
         typed_inside = rf"(?=(?:[가-힣](?:{_SEPARATORS})?){{0,{n - 2}}}[가-힣]\s*{_TYPED})"
-        out.append(r"(?<![\w])" + typed_inside + f"(?:{_SEPARATORS})?".join(syllables) + r"(?![가-힣])")
-    if len(syllables) >= 3:  # one syllable masked (개○끼); not the first, and not in two-syllable words
-        mask = "[" + re.escape(MASKS) + "]"
+        out.append(r"(?<![\w])" + typed_inside + f"(?:{_SEPARATORS})?".join(syllables))
+    if len(syllables) >= 2:  # one syllable masked (병○, 개○끼): not the first; X and ? only in longer words
         for i in range(1, len(syllables)):
+            mask = "[" + re.escape(MASKS if len(syllables) >= 3 else _CLEAR_MASKS) + "]"
             out.append(r"(?<![가-힣])" + "".join(mask if j == i else s for j, s in enumerate(syllables)))
+    if len(syllables) >= 3:  # initial consonants (한남충 → ㅎㄴㅊ); two-syllable ones are too ambiguous (ㅈㅈ: GG)
+        out.append(r"(?<![ㄱ-ㅎ])" + "".join(jamo(s)[0] for s in syllables) + r"(?![ㄱ-ㅎ])")
     return out
 
 
@@ -112,10 +124,11 @@ def english_masked(word: str) -> str:
 # ---------------------------------------------------------------------------- the second view
 
 _LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "|": "i", "0": "o", "5": "s", "$": "s", "7": "t", "+": "t"})
+_LEET_L = {**_LEET, ord("1"): "l", ord("|"): "l"}
 _LEET_WORD = re.compile(r"(?<![\w@$!|+])(?=[\w@$!|+]*[A-Za-z])(?=[\w@$!|+]*[4@31!|05$7+])[A-Za-z@$][A-Za-z0-9@$!|+]*[A-Za-z0-9]")
-_SPACED_LETTERS = re.compile(r"(?<![A-Za-z])[A-Za-z](?:[ .\-_*][A-Za-z](?![A-Za-z])){2,}")
+_SPACED_LETTERS = re.compile(r"(?<![A-Za-z])(?![aAI] )[A-Za-z]([ .\-_*])[A-Za-z](?:\1[A-Za-z](?![A-Za-z]))+")
 _STRETCHED = re.compile(r"([A-Za-z])\1{2,}")
-_DECOMPOSED_JAMO = re.compile(r"[ㄱ-ㅎ][ㅏ-ㅣ]")
+_DECOMPOSED_JAMO = re.compile(r"[ㄱ-ㅎ][ㅏ-ㅣ1l|!]")
 
 
 @functools.cache
@@ -124,14 +137,22 @@ def _view_gate():
     import re2
 
     stretched = "|".join(c * 3 for c in "abcdefghijklmnopqrstuvwxyz")
-    return re2.compile(rf"(?i)[A-Za-z@$][4@31!|05$7+]|\b[A-Za-z][ .\-_*][A-Za-z][ .\-_*][A-Za-z]\b|{stretched}|[ㄱ-ㅎ][ㅏ-ㅣ]")
+    return re2.compile(rf"(?i)[A-Za-z@$][4@31!|05$7+]|\b[A-Za-z][ .\-_*][A-Za-z][ .\-_*][A-Za-z]\b|{stretched}|[ㄱ-ㅎ][ㅏ-ㅣ1l|!]")
 
 
-def undisguised(text: str) -> tuple[str, list[int], list[int]] | None:
-    """A view of `text` with letter-changing disguises undone, and for each of its characters where
-    what it came from starts and ends in `text`; None when there is nothing to undo."""
+def undisguised(text: str) -> list[tuple[str, list[int], list[int]]]:
+    """Views of `text` with letter-changing disguises undone — each with, for every character, where
+    what it came from starts and ends in `text`. Two views when a 1 or | may be an i or an l (b1tch,
+    s1ut); none when there is nothing to undo."""
     if not _view_gate().search(text):
-        return None
+        return []
+    views = [_view(text, _LEET)]
+    if any(c in m.group() for m in _LEET_WORD.finditer(text) for c in "1|"):
+        views.append(_view(text, _LEET_L))
+    return [v for v in views if v is not None]
+
+
+def _view(text: str, leet: dict) -> tuple[str, list[int], list[int]] | None:
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement), non-overlapping
 
     def add(start: int, end: int, new: str) -> None:
@@ -141,12 +162,10 @@ def undisguised(text: str) -> tuple[str, list[int], list[int]] | None:
     for m in _SPACED_LETTERS.finditer(text):
         add(m.start(), m.end(), re.sub(r"[^A-Za-z]", "", m.group()))
     for m in _LEET_WORD.finditer(text):
-        add(m.start(), m.end(), m.group().translate(_LEET))
+        add(m.start(), m.end(), m.group().translate(leet))
     for m in _STRETCHED.finditer(text):
         add(m.start(), m.end(), m.group(1))
     if _DECOMPOSED_JAMO.search(text):
-        from llamak.data.hangul import compose_jamo_spans
-
         for piece, start, end in compose_jamo_spans(text):
             if end - start > 1 and len(piece) == 1:
                 add(start, end, piece)
@@ -294,11 +313,11 @@ class ProfanityFilter:
             for (tags, after), forms in by_tags.items():
                 self.morphemes.append((category, re.compile("|".join(f"(?:{f})" for f in forms)), set(tags), after))
                 for form in forms:
-                    self.rules.append(Rule(category, re.compile(_morpheme_candidate(form, tags, after)), morpheme=True))
+                    self.rules.append(Rule(category, _morpheme_candidate(form, tags, after), morpheme=True))
             patterns = list(entry.get("patterns") or [])
             for word in entry.get("spellings") or []:
                 patterns += korean_disguises(word) if any(map(is_syllable, word)) else [english_masked(word)]
-            self.rules += [Rule(category, re.compile(a, re.IGNORECASE)) for p in patterns for a in alternatives(p)]
+            self.rules += [Rule(category, a) for p in patterns for a in alternatives(p)]
             allow += entry.get("allow") or []
         self.allowed = re.compile("|".join(allow), re.IGNORECASE) if allow else None
         # two RE2 sets: rules with Korean letters (run on text with Hangul) and the rest; each has room
@@ -310,7 +329,7 @@ class ProfanityFilter:
             options.max_mem = 64 << 20
             gate, indices = re2.Set.SearchSet(options), []
             for i, rule in enumerate(self.rules):
-                superset = re2_superset(rule.pattern.pattern)
+                superset = re2_superset(rule.source)
                 if bool(_HANGUL.search(superset)) == korean:
                     gate.Add(superset)
                     indices.append(i)
@@ -320,9 +339,7 @@ class ProfanityFilter:
     def find(self, text: str) -> list[Hit]:
         """Non-overlapping offensive spans in text order (allow-listed compounds excluded)."""
         hits = self._find(text)
-        view = undisguised(text)
-        if view is not None:
-            seen, starts, ends = view
+        for seen, starts, ends in undisguised(text):
             hits += [Hit(h.category, starts[h.start], ends[h.end - 1], text[starts[h.start] : ends[h.end - 1]]) for h in self._find(seen)]
         if self.allowed is not None and hits:
             safe = [(m.start(), m.end()) for m in self.allowed.finditer(text)]

@@ -157,11 +157,8 @@ class MaskProfanity(MaskingFilter):
     name = "🧼 profanity"
     reason = "profanity"
     _requires_dependencies = [("kiwipiepy", "kiwipiepy")]
-    _filter = None
 
     def mask(self, text: str):
-        if self._filter is None:  # built in the worker process (Kiwi is not picklable)
-            from llamak.data.profanity import ProfanityFilter
+        from llamak.data.profanity import default_filter  # one per worker process, shared by its tasks
 
-            self._filter = ProfanityFilter()
-        return self._filter.mask(text)
+        return default_filter().mask(text)
