@@ -143,11 +143,13 @@ class Stages:
     def reader(self, folder: Path):
         return StageReader(str(folder), glob_pattern="*.jsonl", text_key=self.options.text_key, add_file_path=False)
 
-    def add(self, name: str, pipeline: list, tasks: int) -> None:
+    def add(self, name: str, pipeline: list, tasks: int, light: bool = False) -> None:
+        """`light`: a stage over signature files only, run in this process on the Local executor
+        (starting worker processes would cost more than its work)."""
         kind = self.executor.kind
         common = dict(pipeline=pipeline, tasks=tasks, logging_dir=str(self.out / "logs" / name))
         if kind == "local":
-            run = QuietLocalExecutor(workers=min(self.executor.workers, tasks), **common)
+            run = QuietLocalExecutor(workers=1 if light else min(self.executor.workers, tasks), **common)
         elif kind == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
@@ -185,22 +187,22 @@ class Stages:
             self.add_dedup(filtered, final, tasks, compression)
 
     def add_dedup(self, filtered: Path, final: Path, tasks: int, compression: str | None) -> None:
-        from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+        from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
         from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 
-        from llamak.data.dedup import ScriptWords
+        from llamak.data.dedup import CharacterMinhashSignature
 
         work = self.out / "work"
         exact_config = ExactDedupConfig(content_getter=document_text)
         self.add("exact-1", [self.reader(filtered), ExactDedupSignature(str(work / "exact_sigs"), exact_config)], tasks)
-        self.add("exact-2", [ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact_config)], 1)
+        self.add("exact-2", [ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact_config)], 1, light=True)
         unique = work / "unique"
         self.add("exact-3", [self.reader(filtered), ExactDedupFilter(str(work / "exact_dups"), exact_config, self.excluded("exact_duplicate")), self.writer(unique)], tasks)
 
         minhash = MinhashConfig()
-        self.add("minhash-1", [self.reader(unique), MinhashDedupSignature(str(work / "minhash_sigs"), minhash, language=ScriptWords())], tasks)
-        self.add("minhash-2", [MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=minhash)], minhash.num_buckets)
-        self.add("minhash-3", [MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=minhash)], 1)
+        self.add("minhash-1", [self.reader(unique), CharacterMinhashSignature(str(work / "minhash_sigs"), minhash)], tasks)
+        self.add("minhash-2", [MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=minhash)], minhash.num_buckets, light=True)
+        self.add("minhash-3", [MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=minhash)], 1, light=True)
         self.add(
             "minhash-4",
             [self.reader(unique), MinhashDedupFilter(str(work / "minhash_remove"), self.excluded("near_duplicate")), self.writer(final, compression)],

@@ -15,7 +15,8 @@ import functools
 def kiwi():
     from kiwipiepy import Kiwi
 
-    return Kiwi(model_type="cong", num_workers=1)
+    # no typo or multi-word dictionaries: the filters never use them, and they double the load time
+    return Kiwi(model_type="cong", num_workers=1, load_typo_dict=False, load_multi_dict=False)
 
 
 @functools.lru_cache(maxsize=4)

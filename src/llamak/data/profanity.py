@@ -410,8 +410,9 @@ def _morpheme_candidate(form: str, tags: frozenset, after: frozenset | None) -> 
     return form
 
 
-def _window(text: str, start: int, end: int, reach: int = 40) -> tuple[int, int]:
-    """A stretch around a candidate for Kiwi, cut at spaces so no word is split."""
+def _window(text: str, start: int, end: int, reach: int = 12) -> tuple[int, int]:
+    """A stretch around a candidate for Kiwi — the words before and after it, cut at spaces so no word
+    is split: enough for its part of speech (시발점 vs 씨발) and for the tag of the token before it."""
     lo = text.rfind(" ", 0, max(0, start - reach)) + 1
     hi = text.find(" ", min(len(text), end + reach))
     return lo, len(text) if hi < 0 else hi

@@ -59,23 +59,23 @@ KOREAN = QualityRules(
 )
 
 
-def _stop_words_found(words: list[str], rules: QualityRules) -> int:
+# Korean stop words counted as Gopher does with morphemes: an ending of a longer word (에서, 으로, or
+# one syllable: 학교에서, 사과를, 했다), or a word of its own (것, 수)
+_KOREAN_ENDING = re.compile(r"(?<=\w)(에서|으로|[이가은는을를의에도와과로다고것수])(?!\w)|(?<!\w)(에서|으로|[이가은는을를의에도와과로다고것수])(?!\w)")
+_NUMBER = re.compile(r"\b[0-9_]+\b")  # a word without a letter
+
+
+def _stop_words_found(text: str, words: list[str], rules: QualityRules) -> int:
     if not rules.stop_word_endings:
         return len(rules.stop_words.intersection(words))
-    found = set()
-    for w in words:
-        if w in rules.stop_words:
-            found.add(w)
-        elif len(w) > 1:
-            found.add(w[-2:] if w[-2:] in rules.stop_words else w[-1])
-    return len(found & rules.stop_words)
+    return len({a or b for a, b in _KOREAN_ENDING.findall(text)} & rules.stop_words)
 
 
 def quality_problem(text: str, rules: QualityRules = ENGLISH) -> str | None:
     """The first rule `text` breaks (datatrove's reason names: `gopher_short_doc`, `line_punct_ratio`, …) or None."""
     tokens = _WORDS.findall(text)  # '' for a punctuation mark
     n_words = len(tokens)
-    words = [t for t in tokens if t]
+    words = list(filter(None, tokens))
     if len(words) < rules.min_doc_words:
         return "gopher_short_doc"
     if len(words) > rules.max_doc_words:
@@ -94,10 +94,10 @@ def quality_problem(text: str, rules: QualityRules = ENGLISH) -> str | None:
         return "gopher_too_many_bullets"
     if sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > rules.max_ellipsis_lines_ratio:
         return "gopher_too_many_end_ellipsis"
-    alpha = sum(1 for w in words if w.strip("_0123456789"))  # has a letter
+    alpha = len(words) - len(_NUMBER.findall(text))  # words with a letter
     if alpha / n_words < rules.min_alpha_words_ratio:
         return "gopher_below_alpha_threshold"
-    if _stop_words_found(words, rules) < rules.min_stop_words:
+    if _stop_words_found(text, words, rules) < rules.min_stop_words:
         return "gopher_enough_stop_words"
     # FineWeb: line-level rules
     lines = [line for line in text.split("\n") if line.strip()]
