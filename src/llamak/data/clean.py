@@ -72,7 +72,7 @@ class ExecutorOptions:
 
 def input_files(patterns: list[str], what: str = "inputs") -> list[Path]:
     """Input files of globs, files or folders (searched for corpus files), each resolved once."""
-    from llamak.train.common import expand_globs
+    from llamak.files import expand_globs
 
     files: list[Path] = []
     for pattern in patterns:

@@ -9,7 +9,6 @@ which blocks are inserted — nobody recomputes that from a stride here.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llamak.checkpoint import ModelDir
 from llamak.errors import LlamakError
+from llamak.files import expand_globs, read_jsonl  # noqa: F401 (the training stages import them from here)
 from llamak.lineage import LayerMap, atomic_output, content_hash, file_fingerprint, inserted_layers, make_lineage, write_lineage
 from llamak.train.sharding import DEEPSPEED, SHARDED, current_sharding, load_dtype, trainer_fields, upcast_trainable
 
@@ -74,37 +74,6 @@ class TrainSettings(BaseModel):
         if reserved:
             raise ValueError(f"{reserved[0]} is set by llamak from the stage's own fields and cannot be overridden")
         return trainer
-
-
-def expand_globs(patterns: list[str], what: str) -> list[Path]:
-    """Files matching each pattern (relative to the working directory); a pattern matching nothing is an error."""
-    files: list[Path] = []
-    for pattern in patterns:
-        matched = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not matched:
-            raise LlamakError(f"{what}: {pattern!r} matches no file (paths are relative to {Path.cwd()})")
-        files += matched
-    return files
-
-
-def read_jsonl(path: Path, required: str) -> list[dict]:
-    """Rows of a JSONL (or .jsonl.gz) file; a malformed line is an error naming file, line and field."""
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise LlamakError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or required not in row:
-                raise LlamakError(f"{path}:{number}: expected an object with a {required!r} field")
-            rows.append(row)
-    return rows
 
 
 def load_tokenizer(model_dir: Path):
