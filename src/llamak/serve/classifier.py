@@ -1,10 +1,10 @@
 """The guard's learned prompt classifier: harmful request or not, offline, ~1 ms on a CPU.
 
-Features are hashed character n-grams (1–4, within words: robust to typos, missing spaces and
+Features are hashed character n-grams (1–5, within words: robust to typos, missing spaces and
 Korean endings) and word uni/bigrams, weighted by logistic regression (scikit-learn). The weights
 ship as `resources/guard/classifier.npz` (arrays only, no pickle), trained by
 
-    llamak guard train                 # resources/guard/train.jsonl + the safety suite → classifier.npz
+    llamak guard train                 # resources/guard/train*.jsonl + the safety suite → classifier.npz
     llamak guard eval tests/data/guard_heldout2.jsonl
 
 The decision threshold is chosen by 5-fold cross-validation on the training prompts: the lowest
@@ -24,7 +24,7 @@ import numpy as np
 
 from llamak.errors import LlamakError
 
-CHAR_FEATURES = 2**18
+CHAR_FEATURES = 2**19
 WORD_FEATURES = 2**17
 
 
@@ -33,7 +33,7 @@ def _vectorizers():
     from sklearn.feature_extraction.text import HashingVectorizer
 
     common = dict(alternate_sign=False, norm=None, lowercase=True, dtype=np.float32)
-    return (HashingVectorizer(analyzer="char_wb", ngram_range=(1, 4), n_features=CHAR_FEATURES, **common),
+    return (HashingVectorizer(analyzer="char_wb", ngram_range=(1, 5), n_features=CHAR_FEATURES, **common),
             HashingVectorizer(analyzer="word", ngram_range=(1, 2), n_features=WORD_FEATURES, token_pattern=r"(?u)\b\w+\b", **common))
 
 
@@ -81,8 +81,18 @@ class PromptClassifier:
             raise LlamakError(f"{path}: not a guard classifier ({e}); build one with `llamak guard train`") from None
 
 
+def resource(name: str) -> Path:
+    return Path(str(importlib.resources.files("llamak").joinpath("resources", "guard", name)))
+
+
 def default_path() -> Path:
-    return Path(str(importlib.resources.files("llamak").joinpath("resources", "guard", "classifier.npz")))
+    return resource("classifier.npz")
+
+
+def default_training_files() -> list[Path]:
+    """The prompts the shipped classifier learns from: two authors' sets and the safety suite."""
+    suite = Path(str(importlib.resources.files("llamak").joinpath("resources", "eval", "data", "safety_prompts.jsonl")))
+    return [resource("train.jsonl"), resource("train_more.jsonl"), suite]
 
 
 @functools.cache
@@ -126,7 +136,7 @@ def noisy(text: str, rng: random.Random) -> str:
     return "".join(chars) or text
 
 
-def fit(rows: list[dict], c: float = 8.0, seed: int = 0):
+def fit(rows: list[dict], c: float = 16.0, seed: int = 0):
     """Logistic regression on the rows plus one typo'd copy of each (sample weights balanced by class)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -138,7 +148,7 @@ def fit(rows: list[dict], c: float = 8.0, seed: int = 0):
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
 
 
-def cross_validated_scores(rows: list[dict], folds: int = 5, c: float = 8.0, seed: int = 0) -> np.ndarray:
+def cross_validated_scores(rows: list[dict], folds: int = 5, c: float = 16.0, seed: int = 0) -> np.ndarray:
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     scores = np.zeros(len(rows))
@@ -156,7 +166,7 @@ def rates(scores: np.ndarray, harmful: np.ndarray, threshold: float) -> tuple[fl
     return float(blocked[harmful].mean()), float(blocked[~harmful].mean())
 
 
-def train(rows: list[dict], max_false_block: float = 0.03, c: float = 8.0, seed: int = 0) -> PromptClassifier:
+def train(rows: list[dict], max_false_block: float = 0.04, c: float = 16.0, seed: int = 0) -> PromptClassifier:
     harmful = np.array([r["harmful"] for r in rows])
     cv = cross_validated_scores(rows, c=c, seed=seed)
     candidates = sorted(set(np.round(cv, 4)))
@@ -165,5 +175,5 @@ def train(rows: list[dict], max_false_block: float = 0.03, c: float = 8.0, seed:
     coef, intercept = fit(rows, c, seed)
     info = {"prompts": len(rows), "harmful": int(harmful.sum()), "c": c, "seed": seed, "max_false_block": max_false_block,
             "cv_block": round(block, 4), "cv_false_block": round(false_block, 4),
-            "features": f"char_wb 1-4 ({CHAR_FEATURES}) + word 1-2 ({WORD_FEATURES}), log tf, l2"}
+            "features": f"char_wb 1-5 ({CHAR_FEATURES}) + word 1-2 ({WORD_FEATURES}), log tf, l2"}
     return PromptClassifier(coef, intercept, float(threshold), info)

@@ -1,10 +1,19 @@
 """Input and output checks for the model card's inappropriate uses.
 
-Rules come from the data pipeline (the profanity/hate lexicon, the Korean PII recognisers) plus
-`resources/guard/rules.yaml` (requests for illegal goods, harmful content, misinformation, political
-campaigning). Modes: `off`; `flag` — answer, and report what was found in the response's
-`llamak_guard` field; `block` — answer a request that breaks a rule, or a completion that does, with
-a polite refusal in the user's language (finish_reason `content_filter`, as OpenAI does).
+Three layers, each catching what the one before misses:
+
+1. **rules** (no dependencies): the data pipeline's profanity/hate lexicon and Korean PII
+   recognisers, plus `resources/guard/rules.yaml` (requests for illegal goods, harmful content,
+   misinformation, political campaigning) — precise, but they miss most rephrased requests;
+2. **a learned prompt classifier** (`llamak.serve.classifier`, shipped, ~1 ms on a CPU) over the
+   MLCommons hazard taxonomy and the card's inappropriate uses;
+3. optionally **a safety model** (`--guard-model`, `llamak.serve.judge`): Llama Guard 3 or the
+   served model itself as a judge.
+
+Modes: `off`; `flag` — answer, and report what was found in the response's `llamak_guard` field;
+`block` — answer a request that breaks a rule, or a completion that does, with a polite refusal in
+the user's language (finish_reason `content_filter`, as OpenAI does). Outputs are checked by the
+rules only (the classifier and the judge read requests).
 """
 
 from __future__ import annotations
@@ -29,18 +38,21 @@ REFUSALS = {
 
 @dataclass
 class Verdict:
-    categories: list[str] = field(default_factory=list)  # e.g. input:misinformation, output:pii:PHONE
+    categories: list[str] = field(default_factory=list)  # e.g. input:misinformation, input:classifier, output:pii:PHONE
     blocked: bool = False
+    score: float | None = None  # the classifier's probability that the request is harmful
 
     @property
     def flagged(self) -> bool:
         return bool(self.categories)
 
     def merge(self, other: "Verdict") -> "Verdict":
-        return Verdict(list(dict.fromkeys(self.categories + other.categories)), self.blocked or other.blocked)
+        scores = [s for s in (self.score, other.score) if s is not None]
+        return Verdict(list(dict.fromkeys(self.categories + other.categories)), self.blocked or other.blocked, max(scores) if scores else None)
 
     def as_dict(self) -> dict:
-        return {"flagged": self.flagged, "blocked": self.blocked, "categories": self.categories}
+        out = {"flagged": self.flagged, "blocked": self.blocked, "categories": self.categories}
+        return out if self.score is None else {**out, "score": round(self.score, 4)}
 
 
 @functools.cache
@@ -66,26 +78,63 @@ def misuse(text: str) -> list[str]:
 
 
 class Guard:
-    def __init__(self, mode: str = "off"):
+    def __init__(self, mode: str = "off", classifier: bool = True, judge=None):
+        """`classifier`: use the learned prompt classifier; `judge`: a `SafetyJudge` (or None)."""
         if mode not in MODES:
             raise LlamakError(f"guard {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
+        self.classifier = classifier
+        self.judge = judge
 
     @property
     def active(self) -> bool:
         return self.mode != "off"
 
+    def close(self) -> None:
+        """Stop the judge model's engine when the guard started it."""
+        if self.judge is not None and self.judge.owns_engine:
+            self.judge.engine.close()
+
     def check_input(self, text: str) -> Verdict:
-        """A user's message: inappropriate-use requests and hate/sexual/threat language block;
-        plain profanity and personal data in the request are only flagged."""
+        """A user's message: inappropriate-use requests (rules, classifier, judge) and hate/sexual/threat
+        language block; plain profanity and personal data in the request are only flagged."""
+        verdict = self._input_without_judge(text)
+        if self.active and self.judge is not None:
+            verdict = verdict.merge(self._judged(self.judge.verdict_sync(text)))
+        return verdict
+
+    async def check_input_async(self, text: str) -> Verdict:
+        """`check_input` for an event loop: the judge's generation is awaited, not blocked on."""
+        verdict = self._input_without_judge(text)
+        if self.active and self.judge is not None:
+            verdict = verdict.merge(self._judged(await self.judge.verdict(text)))
+        return verdict
+
+    def _input_without_judge(self, text: str) -> Verdict:
         if not self.active:
             return Verdict()
-        categories = [f"input:{c}" for c in misuse(text)]
+        rules = misuse(text)
+        categories = [f"input:{c}" for c in rules]
         hits = _profanity_categories(text)
         categories += [f"input:profanity:{c}" for c in sorted(hits)]
-        block = bool(misuse(text)) or bool(hits & BLOCKING_PROFANITY)
+        block = bool(rules) or bool(hits & BLOCKING_PROFANITY)
+        score = None
+        if self.classifier:
+            from llamak.serve.classifier import default_classifier
+
+            harmful, score = default_classifier().harmful(text)
+            if harmful:
+                categories.append("input:classifier")
+                block = True
         categories += [f"input:pii:{t}" for t in _pii_types(text)]
-        return Verdict(categories, self.mode == "block" and block)
+        return Verdict(categories, self.mode == "block" and block, score)
+
+    def _judged(self, judged) -> Verdict:
+        if judged.unsafe is None:  # an answer out of format: reported, not acted on
+            return Verdict(["input:guard_model:unparsed"])
+        if not judged.unsafe:
+            return Verdict()
+        return Verdict([f"input:guard_model:{c}" for c in judged.categories] or ["input:guard_model"], self.mode == "block")
 
     def check_output(self, text: str) -> Verdict:
         """A completion: any profanity or personal data (a model must not leak it) blocks."""
@@ -106,3 +155,19 @@ def _pii_types(text: str) -> list[str]:
     from llamak.data.pii import find_pii
 
     return sorted({m.type for m in find_pii(text)})
+
+
+def block_rates(rows: list[dict], guard: "Guard", by: str | None = None) -> dict[str, tuple[float, float, int]]:
+    """{group: (block rate on harmful prompts, false-block rate on benign ones, prompts)} for labelled
+    rows (`prompt`, `harmful`), overall under "all" and per value of the field `by` (lang, style, …)."""
+    blocked = [(r, guard.check_input(r["prompt"]).blocked) for r in rows]
+    groups = {"all": blocked}
+    if by:
+        for r, b in blocked:
+            groups.setdefault(f"{by}={r.get(by, '-')}", []).append((r, b))
+
+    def rate(items, harmful):
+        chosen = [b for r, b in items if r["harmful"] == harmful]
+        return sum(chosen) / len(chosen) if chosen else float("nan")
+
+    return {name: (rate(items, True), rate(items, False), len(items)) for name, items in groups.items()}
