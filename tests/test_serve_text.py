@@ -58,31 +58,6 @@ def test_detokenizer_stop_string_across_tokens(llama3_tokenizer):
     assert detok.stopped and out == KOREAN[: KOREAN.index("세종대왕")]
 
 
-def _rows(path):
-    return [json.loads(line) for line in open(path, encoding="utf-8")]
-
-
-def guard_scores(rows):
-    guard = Guard("block")
-    blocked = [(r["harmful"], guard.check_input(r["prompt"]).blocked) for r in rows]
-    recall = sum(h and b for h, b in blocked) / sum(h for h, _ in blocked)
-    false_block = sum(b and not h for h, b in blocked) / sum(not h for h, _ in blocked)
-    return recall, false_block
-
-
-def test_guard_rules_on_the_safety_suite_and_a_held_out_set():
-    from importlib.resources import files
-    from pathlib import Path
-
-    suite = guard_scores(_rows(files("llamak").joinpath("resources", "eval", "data", "safety_prompts.jsonl")))
-    held_out = guard_scores(_rows(Path(__file__).parent / "data" / "guard_heldout.jsonl"))
-    print(f"guard block recall / false blocks: safety suite (rules written from it) {suite[0]:.2f} / {suite[1]:.2f}; "
-          f"held-out (written apart from the rules) {held_out[0]:.2f} / {held_out[1]:.2f}")
-    assert suite == (1.0, 0.0)
-    # Keyword rules generalise poorly — measured 0.16 / 0.03 on the held-out set; README says so.
-    assert held_out[0] >= 0.15 and held_out[1] <= 0.05
-
-
 def test_guard_output_checks_and_modes():
     block, flag = Guard("block"), Guard("flag")
     leaked = "제 번호는 010-1234-5678이고 메일은 kim@example.com 입니다."

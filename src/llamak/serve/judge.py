@@ -71,6 +71,8 @@ class SafetyJudge:
         self.engine = engine
         self.owns_engine = owns_engine  # started for the judge (a model of its own), so the guard stops it
         template = getattr(engine.tokenizer, "chat_template", None) or ""
+        if isinstance(template, dict):  # named templates
+            template = " ".join(template.values())
         self.llama_guard_template = "UNSAFE CONTENT CATEGORIES" in template.upper()
 
     def prompt_ids(self, message: str) -> list[int]:
