@@ -184,3 +184,108 @@ def test_cli_prints_the_table_and_rejected_lines(web, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "quality" in result.stdout and "rejected input:" in result.stdout and "a.jsonl:3  invalid_utf8" in result.stdout
     assert "Launching pipeline" not in result.stderr  # datatrove's per-task chatter stays in OUT/logs
+
+
+# ------------------------------------------------------------------ the fast paths against their anchors
+
+
+def bundled_texts() -> list[str]:
+    texts = []
+    for f in sorted((ROOT / "data").rglob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts += [v for v in row.values() if isinstance(v, str) and len(v) > 40]
+    return texts
+
+
+def with_junk(texts: list[str]) -> list[str]:
+    """The texts plus broken versions of them: cut short, one word per line, words shuffled."""
+    import random
+
+    rng = random.Random(0)
+    out = list(texts)
+    for t in texts[:150]:
+        words = t.split(" ")
+        out += [t[: rng.randint(20, 400)], "\n".join(words[: rng.randint(5, 80)]), " ".join(rng.sample(words, min(30, len(words))))]
+    return out
+
+
+def test_quality_rules_keep_and_drop_what_datatrove_does():
+    """Our one-pass statistics against datatrove's own Gopher + FineWeb filters: on English with its
+    spaCy words, on Korean with Kiwi morphemes as words and the Korean settings llamak used before.
+    The same documents are kept and dropped (the reason may differ when several rules fail)."""
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter
+    from datatrove.utils.word_tokenizers import WordTokenizer
+
+    from llamak.data.korean import morphemes
+    from llamak.data.quality import ENGLISH, KOREAN, quality_problem
+
+    class KiwiWords(WordTokenizer):
+        def word_tokenize(self, text):
+            return [text[t.start : t.end] for t in morphemes(text)]
+
+        def sent_tokenize(self, text):
+            return [text]
+
+        def span_tokenize(self, text):
+            return [(0, len(text))]
+
+    stop = ("이", "가", "은", "는", "을", "를", "의", "에", "에서", "도", "와", "과", "로", "으로", "하", "다", "고", "있", "것", "수")
+    reference = {
+        "en": [GopherQualityFilter(), FineWebQualityFilter()],
+        "ko": [GopherQualityFilter(language=KiwiWords(), min_avg_word_length=1, max_avg_word_length=6, max_non_alpha_words_ratio=0.7, min_stop_words=3, stop_words=stop),
+               FineWebQualityFilter(language=KiwiWords(), short_line_length=15, stop_chars=(".", "!", "?", "…", "다", "요", ")", '"', "'", "。", ":", ";"))],
+    }
+    texts = with_junk(bundled_texts())
+    disagree = []
+    for text in texts:
+        lang = "ko" if detect_language(text) == "ko" else "en"
+        doc = Document(text=text, id="x")
+        kept_by_datatrove = all(rule.filter(doc) is True for rule in reference[lang])
+        kept_by_ours = quality_problem(text, KOREAN if lang == "ko" else ENGLISH) is None
+        if kept_by_datatrove != kept_by_ours:
+            disagree.append((lang, kept_by_datatrove, text[:80]))
+    assert len(texts) > 600 and disagree == []
+
+
+def test_language_fast_paths_decide_as_py3langid_does():
+    import py3langid
+
+    foreign = ["Der schnelle braune Fuchs springt über den faulen Hund, und das war nicht das erste Mal in diesem Wald voller Geheimnisse.",
+               "Le renard brun rapide saute par-dessus le chien paresseux, et ce n'était pas la première fois dans cette forêt pleine de mystères.",
+               "El rápido zorro marrón salta sobre el perro perezoso, y no era la primera vez que lo hacía en este bosque lleno de sorpresas."]
+    texts = bundled_texts() + foreign
+    for text in texts:
+        expected = "ko" if _old_hangul_share(text) >= 0.3 else py3langid.classify(text[:5000])[0]
+        assert detect_language(text) == expected, text[:80]
+
+
+def _old_hangul_share(text: str) -> float:
+    letters = [c for c in text[:5000] if c.isalpha()]
+    return sum("가" <= c <= "힣" or "ㄱ" <= c <= "ㅣ" for c in letters) / len(letters) if letters else 0.0
+
+
+def test_pii_prefilter_hides_no_match(monkeypatch):
+    import re
+
+    import llamak.data.pii as pii
+
+    texts = bundled_texts() + [json.loads(line)["text"] for line in (ROOT / "tests/data/pii_labelled.jsonl").read_text(encoding="utf-8").splitlines()]
+    gated = [pii.find_pii(t) for t in texts]
+    monkeypatch.setattr(pii, "MAYBE_PII", re.compile(""))  # every text through all recognisers
+    assert [pii.find_pii(t) for t in texts] == gated and sum(map(bool, gated)) > 100
+
+
+def test_character_shingles_find_near_duplicates():
+    from llamak.data.dedup import character_shingles, simplify
+
+    ko = bundled("data/ko/domains.jsonl", 3)
+
+    def jaccard(a, b):
+        x, y = (set(character_shingles(simplify(t))[:, 0].tolist()) for t in (a, b))
+        return len(x & y) / len(x | y)
+
+    near = ko[0].replace("알려져 있다", "알려졌다", 1)
+    assert jaccard(ko[0], near) > 0.9 and jaccard(ko[0], ko[1]) < 0.2
+    assert jaccard("Seoul, 2024!", "seoul 1999") == 1.0  # case, punctuation and digits do not count
+    assert character_shingles("짧다").shape == (0, 1)
