@@ -178,3 +178,25 @@ def test_a_judge_out_of_format_is_reported_not_acted_on(engines):
         assert verdict.categories == ["input:guard_model:unparsed"] and not verdict.blocked
     else:  # the random model happened to answer in format: the verdict follows it
         assert verdict.blocked == expected.unsafe
+
+
+def test_rates_quoted_by_the_card_are_what_the_code_measures():
+    """resources/guard/measured.json (read by the model card and quoted in the README) against a fresh
+    measurement on the same held-out sets: it cannot drift from the shipped guard and filter."""
+    from llamak.card import MEASURED
+    from llamak.data.profanity import ProfanityFilter
+
+    guard = MEASURED["guard"]
+    rows = read_prompts(Path(guard["set"]))
+    for name, g in (("rules", Guard("block", classifier=False)), ("rules+classifier", Guard("block"))):
+        block, false, n = block_rates(rows, g)["all"]
+        assert n == guard["prompts"] and (round(block, 3), round(false, 3)) == (guard[name]["block"], guard[name]["false_block"])
+    profanity, measured = ProfanityFilter(), MEASURED["profanity"]
+    items = [json.loads(line) for line in Path(measured["set"]).read_text(encoding="utf-8").splitlines()]
+    assert len(items) == measured["items"]
+    for lang in ("ko", "en"):
+        offensive = [i["text"] for i in items if i["lang"] == lang and i["offensive"]]
+        clean = [i["text"] for i in items if i["lang"] == lang and not i["offensive"]]
+        recall = round(sum(map(profanity.is_offensive, offensive)) / len(offensive), 3)
+        fp = round(sum(map(profanity.is_offensive, clean)) / len(clean), 3)
+        assert (recall, fp) == (measured[lang]["recall"], measured[lang]["false_positive"])

@@ -10,6 +10,7 @@ Fixed text is only the framing that the seed card also states (uses, limitations
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,9 @@ SETTINGS = {
     "eval": ("models", "suites", "limit"),
 }
 
+# the guard's and the profanity filter's rates on held-out sets (tests/test_guard.py keeps them true)
+MEASURED = json.loads(importlib.resources.files("llamak").joinpath("resources", "guard", "measured.json").read_text())
+
 T = {
     "ko": {
         "title": "모델 카드", "overview": "모델 개요", "name": "모델명", "definition": "모델 정의",
@@ -45,6 +49,7 @@ T = {
         "intended_text": "지시 조정이 적용된 모델로 그 자체로 어시스턴트형 채팅에 쓰거나, 한국어 능력이 필요한 태스크에 추가 학습(fine-tuning)하여 쓸 수 있습니다.",
         "out_of_scope": "부적절한 사용 사례",
         "out_of_scope_text": "불법 물품, 심리적·정서적 유해 콘텐츠 제작, 잘못된 정보의 생성·전파, 정치 캠페인 작성 등 정치 관련 콘텐츠 제작 및 전파",
+        "guard_text": "서빙 가드(`llamak serve --guard block`)는 규칙과 학습된 요청 분류기로 위 용도와 MLCommons 위험 분류(폭력·비폭력 범죄, 성범죄, 아동 성착취, 명예훼손, 전문 조언, 개인정보, 지식재산, 무기, 혐오, 자해, 성적 콘텐츠, 선거)의 요청을 거절합니다. 따로 작성된 평가 요청 {prompts}개에서 유해 요청의 {block:.0%}를 막고 무해한 요청의 {false:.0%}를 잘못 막았습니다(규칙만으로는 {rules:.0%}). 새로운 표현이나 우회 시도는 놓칠 수 있고, 안전 모델(`--guard-model`, 예: Llama Guard 3)을 함께 쓰기를 권합니다. 출력은 욕설·개인정보 규칙으로만 검사합니다.",
         "type_arch": "모델 유형 및 아키텍처", "model_type": "모델 유형", "text_generation": "텍스트 생성 모델 ({arch})",
         "architecture": "아키텍처", "base_model": "기본 모델", "instruct_model": "Chat Vector의 Instruct 모델",
         "expanded": "LLaMA-Pro 블록 확장: 원래 {orig}개 층 뒤 {after}번 층 다음에 항등 초기화 블록 {n}개를 넣어 {total}개 층",
@@ -52,7 +57,8 @@ T = {
         "size": "모델 크기 및 입력 길이", "params": "파라미터 수", "inserted_params": "삽입 블록 파라미터",
         "context": "최대 입출력 길이(Context Length)", "positions": "토큰 (RoPE {rope})",
         "data": "학습 데이터", "data_clean": "정제: 문서 {read}개 중 {kept}개 유지, 제거 {dropped}",
-        "data_masked": "개인정보·욕설 마스킹: {masked}", "data_mix": "혼합(토큰 비율): {share}, 총 {tokens} 토큰, {rows}개 {seq_len}-토큰 행",
+        "data_masked": "개인정보·욕설 마스킹: {masked}",
+        "profanity_measured": "욕설 필터를 따로 작성된 평가 문장 {items}개로 잰 결과: 한국어 재현율 {ko_recall:.2f}, 오탐률 {ko_fp:.2f}; 영어 {en_recall:.2f} / {en_fp:.2f}. 우회 표기와 일반 욕설·비하 표현은 잡지만, 욕설 없이 표현된 성희롱과 간접 협박은 대부분 놓칩니다.", "data_mix": "혼합(토큰 비율): {share}, 총 {tokens} 토큰, {rows}개 {seq_len}-토큰 행",
         "data_sets": "단계별 데이터", "none": "없음",
         "eval": "평가", "eval_text": "{baseline} 대비 차이를 괄호 안에 표시합니다. 제품군: {suites}.",
         "energy": "에너지", "energy_text": "codecarbon 오프라인 측정(전력망: {country}), 하드웨어 {hardware}. 전체 {total:.3g} kWh, CO₂ {co2:.3g} g.",
@@ -74,6 +80,7 @@ T = {
         "intended_text": "Instruction-tuned: usable as an assistant-style chat model as is, or fine-tuned further for tasks that need Korean.",
         "out_of_scope": "Out-of-scope uses",
         "out_of_scope_text": "Illegal goods, psychologically or emotionally harmful content, creating or spreading misinformation, writing political campaign material or other political content",
+        "guard_text": "The serving guard (`llamak serve --guard block`) refuses requests for these uses and for the MLCommons hazards (violent and non-violent crimes, sex crimes, child sexual exploitation, defamation, specialised advice, privacy, intellectual property, weapons, hate, self-harm, sexual content, elections) with rules and a learned request classifier. On {prompts} evaluation requests written apart from it, it blocked {block:.0%} of the harmful ones and {false:.0%} of the benign ones (the rules alone: {rules:.0%}). New phrasings and jailbreaks can get through; pair it with a safety model (`--guard-model`, e.g. Llama Guard 3). Outputs are checked by the profanity and personal-data rules only.",
         "type_arch": "Model type and architecture", "model_type": "Model type", "text_generation": "Text generation model ({arch})",
         "architecture": "Architecture", "base_model": "Base model", "instruct_model": "Instruct model of the chat vector",
         "expanded": "LLaMA-Pro block expansion: {n} identity-initialised blocks after layers {after} of the original {orig}, {total} layers in all",
@@ -81,7 +88,8 @@ T = {
         "size": "Size and context length", "params": "Parameters", "inserted_params": "Parameters of the inserted blocks",
         "context": "Context length", "positions": "tokens (RoPE {rope})",
         "data": "Training data", "data_clean": "Cleaning: {kept} of {read} documents kept, removed {dropped}",
-        "data_masked": "Personal data and profanity masked: {masked}", "data_mix": "Mixture (token shares): {share}, {tokens} tokens in all, {rows} rows of {seq_len} tokens",
+        "data_masked": "Personal data and profanity masked: {masked}",
+        "profanity_measured": "The profanity filter on {items} evaluation sentences written apart from it: Korean recall {ko_recall:.2f}, false positives {ko_fp:.2f}; English {en_recall:.2f} / {en_fp:.2f}. Disguised spellings and ordinary insults are caught; sexual harassment and indirect threats worded without offensive words mostly are not.", "data_mix": "Mixture (token shares): {share}, {tokens} tokens in all, {rows} rows of {seq_len} tokens",
         "data_sets": "Data per stage", "none": "none",
         "eval": "Evaluation", "eval_text": "Differences from {baseline} in brackets. Suites: {suites}.",
         "energy": "Energy", "energy_text": "Measured with codecarbon's offline tracker (grid: {country}) on {hardware}. Total {total:.3g} kWh, {co2:.3g} g CO₂.",
@@ -176,7 +184,9 @@ def render(f: dict, lang: str) -> str:
     lines = [f"# {t['title']}: {f['name']}", "", f"## {t['overview']}", "",
              f"- {t['name']}: {f['name']}", f"- {t['definition']}: " + t["definition_text"].format(base=f["base"], recipe=Path(f["recipe"]).name), "",
              f"## {t['uses']}", "", f"### {t['primary']}", ""] + [f"- {x}" for x in t["primary_text"]] + [
-             "", f"### {t['intended']}", "", f"- {t['intended_text']}", "", f"### {t['out_of_scope']}", "", f"- {t['out_of_scope_text']}", "",
+             "", f"### {t['intended']}", "", f"- {t['intended_text']}", "", f"### {t['out_of_scope']}", "", f"- {t['out_of_scope_text']}",
+             "- " + t["guard_text"].format(prompts=MEASURED["guard"]["prompts"], block=MEASURED["guard"]["rules+classifier"]["block"],
+                                           false=MEASURED["guard"]["rules+classifier"]["false_block"], rules=MEASURED["guard"]["rules"]["block"]), "",
              f"## {t['type_arch']}", "", f"### {t['model_type']}", "", "- " + t["text_generation"].format(arch=f["architecture"]), "",
              f"### {t['architecture']}", "", f"- {t['base_model']}: {f['base']}"]
     if f["instruct"]:
@@ -197,7 +207,9 @@ def render(f: dict, lang: str) -> str:
         clean, mix, pack = f["data"].get("clean", {}), f["data"].get("mix", {}), f["data"].get("pack", {})
         dropped = ", ".join(f"{k} {v}" for k, v in clean.get("dropped", {}).items()) or t["none"]
         masked = ", ".join(f"{k} {v}" for k, v in clean.get("masked", {}).items()) or t["none"]
-        lines += ["- " + t["data_clean"].format(read=clean.get("read"), kept=clean.get("kept"), dropped=dropped), "- " + t["data_masked"].format(masked=masked)]
+        p = MEASURED["profanity"]
+        lines += ["- " + t["data_clean"].format(read=clean.get("read"), kept=clean.get("kept"), dropped=dropped), "- " + t["data_masked"].format(masked=masked),
+                  "- " + t["profanity_measured"].format(items=p["items"], ko_recall=p["ko"]["recall"], ko_fp=p["ko"]["false_positive"], en_recall=p["en"]["recall"], en_fp=p["en"]["false_positive"])]
         if mix:
             share = ", ".join(f"{k} {v:.1%}" for k, v in mix.get("share", {}).items())
             lines.append("- " + t["data_mix"].format(share=share, tokens=f"{sum(mix.get('tokens', {}).values()):,}", rows=pack.get("rows", "–"), seq_len=pack.get("seq_len", "–")))

@@ -215,6 +215,11 @@ class Stages:
             return
         if not os.environ.get("LLAMAK_DATATROVE_LOGS"):
             quiet_console()
+        if self.executor.kind == "local" and self.executor.workers > 1:
+            import multiprocess
+
+            # before the fork server starts: it imports these once, and every worker is forked from it
+            multiprocess.get_context("forkserver").set_forkserver_preload(["llamak.data.preload"])
         for i, (name, run) in enumerate(zip(self.names, self.runs), start=1):
             if progress:
                 progress(f"stage {i}/{len(self.runs)}: {name} ({run.world_size} tasks)")
