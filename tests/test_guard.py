@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llamak.serve.classifier import PromptClassifier, read_prompts
+from llamak.serve.classifier import default_path, read_prompts
+from llamak.text_classifier import TextClassifier
 from llamak.serve.guard import Guard, block_rates
 from llamak.serve.judge import CATEGORIES, SafetyJudge, parse_verdict, task_prompt
 
@@ -57,7 +58,7 @@ def test_shipped_weights_are_reproducible_from_the_repo(tmp_path):
     result = subprocess.run([*LLAMAK, "guard", "train", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "cross-validated block" in result.stdout
-    shipped, rebuilt = PromptClassifier.load(), PromptClassifier.load(out)
+    shipped, rebuilt = TextClassifier.load(default_path()), TextClassifier.load(out)
     assert rebuilt.info == shipped.info and rebuilt.threshold == pytest.approx(shipped.threshold)
     assert np.allclose(rebuilt.coef, shipped.coef, atol=1e-3)
 
@@ -72,12 +73,11 @@ def test_guard_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 0 and "rules+classifier" in result.stdout
     result = subprocess.run([*LLAMAK, "chat", "zoo:tiny-instruct", "--guard-model", "self"], capture_output=True, text=True)
     assert result.returncode == 2 and "--guard-model needs --guard" in result.stderr
-    assert PromptClassifier.load  # a bad weights file is a one-line error too:
     (tmp_path / "junk.npz").write_bytes(b"not an npz")
     from llamak.errors import LlamakError
 
     with pytest.raises(LlamakError, match="not a guard classifier"):
-        PromptClassifier.load(tmp_path / "junk.npz")
+        TextClassifier.load(tmp_path / "junk.npz")
 
 
 # ------------------------------------------------------------------------------ the judge model
