@@ -682,6 +682,7 @@ def data_clean(
     lang: Annotated[str, typer.Option("--lang", help="Keep ko, en, or auto (both).")] = "auto",
     pii: Annotated[str, typer.Option("--pii", help="mask (typed placeholders), drop the document, or off.")] = "mask",
     profanity: Annotated[str, typer.Option("--profanity", help="mask, drop, or off.")] = "mask",
+    profanity_model: Annotated[bool, typer.Option("--profanity-model", help="Also mask sentences the learned classifier scores offensive (harassment, threats without offensive words); ~1 ms a sentence.")] = False,
     no_quality: Annotated[bool, typer.Option("--no-quality", help="Skip the Gopher/FineWeb quality filters.")] = False,
     no_dedup: Annotated[bool, typer.Option("--no-dedup", help="Skip exact and MinHash deduplication.")] = False,
     gzip: Annotated[bool, typer.Option("--gzip", help="Write documents/*.jsonl.gz.")] = False,
@@ -698,7 +699,7 @@ def data_clean(
     """
     from llamak.data.clean import CleanOptions, ExecutorOptions, clean, rejected_inputs, stats_table
 
-    options = CleanOptions(lang=lang, pii=pii, profanity=profanity, quality=not no_quality, dedup=not no_dedup, gzip=gzip, text_key=text_key)
+    options = CleanOptions(lang=lang, pii=pii, profanity=profanity, profanity_model=profanity_model, quality=not no_quality, dedup=not no_dedup, gzip=gzip, text_key=text_key)
     summary = clean(inputs, out, options, ExecutorOptions(kind=executor, workers=workers, partition=partition, time=time), progress=lambda m: typer.echo(m, err=True))
     if executor == "slurm":
         typer.echo(f"submitted to Slurm; logs and stats under {out}/logs/, documents in {out}/documents/ when done")
@@ -707,6 +708,30 @@ def data_clean(
     for line in rejected_inputs(out):
         typer.echo(f"rejected input: {line}")
     typer.echo(f"cleaned documents: {out}/documents/   excluded: {out}/excluded/   stats: {out}/stats.json")
+
+
+@data_app.command("profanity-train", epilog="Example:\n\n    llamak data profanity-train --data 'tests/data/profanity_*.jsonl' --exclude tests/data/profanity_heldout5.jsonl \\\n        --validation tests/data/profanity_heldout4.jsonl")
+def data_profanity_train(
+    data: Annotated[list[str], typer.Option("--data", help="Labelled JSONL files or globs ({text, offensive, lang}).", show_default=False)],
+    validation: Annotated[Path, typer.Option("--validation", help="A labelled set the first fit does not see: it sets the threshold.", show_default=False)],
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Files to leave out (a held-out set the --data glob matches).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Weights file (default: the shipped resources/profanity/classifier.npz).", show_default=False)] = None,
+    max_false_positive: Annotated[float, typer.Option("--max-false-positive", help="Threshold: the lowest score whose validation false-positive rate stays under this in every language.")] = 0.02,
+) -> None:
+    """Train the profanity filter's sentence classifier (hashed character/word n-grams, logistic regression)."""
+    from llamak.data.profanity_model import default_path, read_sentences, train
+    from llamak.files import expand_globs
+
+    skip = {p.resolve() for p in expand_globs(exclude, "--exclude")} if exclude else set()
+    files = [f for f in expand_globs(data, "--data") if f.resolve() not in skip | {validation.resolve()}]
+    rows = [r for f in files for r in read_sentences(f)]
+    held = read_sentences(validation)
+    typer.echo(f"training on {len(rows)} sentences from {len(files)} files, threshold on {validation} ({len(held)})…", err=True)
+    model = train(rows, held, max_false_positive)
+    target = out or default_path()
+    model.save(target)
+    i = model.info
+    typer.echo(f"{target}: threshold {model.threshold:.3f}; on the validation set alone: recall {i['validation_recall']:.3f}, false positives {i['validation_false_positive']:.3f}")
 
 
 @data_app.command("mix", epilog="Example:\n\n    llamak data mix runs/clean/documents --model zoo:tiny-base --ratio ko=0.5,en=0.5 --out runs/mix")

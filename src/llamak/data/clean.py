@@ -38,6 +38,7 @@ class CleanOptions:
     lang: str = "auto"  # ko | en | auto (keep both)
     pii: str = "mask"  # mask | drop | off
     profanity: str = "mask"  # mask | drop | off
+    profanity_model: bool = False  # also the learned sentence classifier (~1 ms a sentence)
     quality: bool = True
     dedup: bool = True
     gzip: bool = False
@@ -179,7 +180,7 @@ class Stages:
         if o.pii != "off":
             steps.append(MaskPII(o.pii, self.excluded("pii")))
         if o.profanity != "off":
-            steps.append(MaskProfanity(o.profanity, self.excluded("profanity")))
+            steps.append(MaskProfanity(o.profanity, self.excluded("profanity"), model=o.profanity_model))
         steps.append(self.writer(filtered, None if o.dedup else compression))
         tasks = len(files)
         self.add("filter", steps, tasks)

@@ -39,7 +39,7 @@ import yaml
 
 from llamak.data.hangul import compose_jamo_spans, is_syllable, jamo, keyboard_keys, romanisations
 
-CATEGORIES = ("profanity", "sexual", "slur", "threat")
+CATEGORIES = ("profanity", "sexual", "slur", "threat")  # the lexicon's; the classifier's hits are "offensive"
 _HANGUL = re.compile("[가-힣ㄱ-ㅣ]")
 MASKS = "*○●◯◎xX♡♥☆★□■◇◆#@?_"  # characters people type over a letter or syllable
 _CLEAR_MASKS = "*○●◯◎♡♥☆★□■◇◆"  # ones that cannot be part of ordinary text next to a syllable
@@ -295,9 +295,11 @@ def _group_end(pattern: str, start: int) -> int:
 
 
 class ProfanityFilter:
-    def __init__(self, lexicon: dict | None = None):
+    def __init__(self, lexicon: dict | None = None, model: bool = False):
+        """`model`: also flag sentences the learned classifier scores offensive (`llamak.data.profanity_model`)."""
         import re2
 
+        self.model = model
         lexicon = lexicon or load_lexicon()
         self.morphemes: list[tuple[str, re.Pattern, set[str], set[str] | None]] = []
         self.rules: list[Rule] = []
@@ -344,11 +346,24 @@ class ProfanityFilter:
         if self.allowed is not None and hits:
             safe = [(m.start(), m.end()) for m in self.allowed.finditer(text)]
             hits = [h for h in hits if not any(a <= h.start and h.end <= b for a, b in safe)]
+        if self.model:
+            hits += self._model_hits(text, hits)
         chosen: list[Hit] = []
         for hit in sorted(hits, key=lambda h: (h.start, -(h.end - h.start))):
             if not chosen or hit.start >= chosen[-1].end:
                 chosen.append(hit)
         return chosen
+
+    def _model_hits(self, text: str, found: list[Hit]) -> list[Hit]:
+        """The sentences without a rule hit that the classifier scores offensive, each as one hit."""
+        from llamak.data.profanity_model import default_model, sentences
+
+        model = default_model()
+        spans = [(s, e) for s, e in sentences(text) if not any(s <= h.start < e for h in found)]
+        if not spans:
+            return []
+        scores = model.scores([text[s:e] for s, e in spans])
+        return [Hit("offensive", s, e, text[s:e]) for (s, e), score in zip(spans, scores) if score >= model.threshold]
 
     def _find(self, text: str) -> list[Hit]:
         matched = []
@@ -429,6 +444,6 @@ def _merge(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def default_filter() -> ProfanityFilter:
-    """One filter on the shipped lexicon per process (building one compiles the lexicon; Kiwi loads on first need)."""
-    return ProfanityFilter()
+def default_filter(model: bool = False) -> ProfanityFilter:
+    """One filter on the shipped lexicon (and classifier) per process (building one compiles the lexicon; Kiwi loads on first need)."""
+    return ProfanityFilter(model=model)

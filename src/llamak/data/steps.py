@@ -158,7 +158,11 @@ class MaskProfanity(MaskingFilter):
     reason = "profanity"
     _requires_dependencies = [("kiwipiepy", "kiwipiepy")]
 
+    def __init__(self, mode: str = "mask", exclusion_writer=None, model: bool = False):
+        super().__init__(mode, exclusion_writer)
+        self.model = model
+
     def mask(self, text: str):
         from llamak.data.profanity import default_filter  # one per worker process, shared by its tasks
 
-        return default_filter().mask(text)
+        return default_filter(self.model).mask(text)
