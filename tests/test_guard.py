@@ -191,12 +191,13 @@ def test_rates_quoted_by_the_card_are_what_the_code_measures():
     for name, g in (("rules", Guard("block", classifier=False)), ("rules+classifier", Guard("block"))):
         block, false, n = block_rates(rows, g)["all"]
         assert n == guard["prompts"] and (round(block, 3), round(false, 3)) == (guard[name]["block"], guard[name]["false_block"])
-    profanity, measured = ProfanityFilter(), MEASURED["profanity"]
+    measured = MEASURED["profanity"]
     items = [json.loads(line) for line in Path(measured["set"]).read_text(encoding="utf-8").splitlines()]
     assert len(items) == measured["items"]
-    for lang in ("ko", "en"):
-        offensive = [i["text"] for i in items if i["lang"] == lang and i["offensive"]]
-        clean = [i["text"] for i in items if i["lang"] == lang and not i["offensive"]]
-        recall = round(sum(map(profanity.is_offensive, offensive)) / len(offensive), 3)
-        fp = round(sum(map(profanity.is_offensive, clean)) / len(clean), 3)
-        assert (recall, fp) == (measured[lang]["recall"], measured[lang]["false_positive"])
+    for variant, profanity in (("rules", ProfanityFilter()), ("rules+model", ProfanityFilter(model=True))):
+        for lang in ("ko", "en"):
+            offensive = [i["text"] for i in items if i["lang"] == lang and i["offensive"]]
+            clean = [i["text"] for i in items if i["lang"] == lang and not i["offensive"]]
+            recall = round(sum(map(profanity.is_offensive, offensive)) / len(offensive), 3)
+            fp = round(sum(map(profanity.is_offensive, clean)) / len(clean), 3)
+            assert (recall, fp) == (measured[variant][lang]["recall"], measured[variant][lang]["false_positive"])

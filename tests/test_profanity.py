@@ -76,21 +76,38 @@ def test_former_held_out_sets_now_development_sets(profanity, name):
     _assert_recall_and_false_positive_rate(profanity, DATA / name, min_items=120)
 
 
-def test_held_out_set_written_after_development(profanity):
-    """profanity_heldout4.jsonl: 400 items (per language 100 offensive — plain, inflected, disguised,
-    harassment, slurs, threats — and 100 hard negatives) by an author who saw neither the filter nor
-    the other sets, written after development ended and measured once. Measured: Korean recall 0.680,
-    false positives 0.010; English 0.660 / 0.010 — disguises and plain insults are caught, harassment
-    and indirect threats phrased without offensive words mostly are not (README). A regression floor."""
-    items = [json.loads(line) for line in (DATA / "profanity_heldout4.jsonl").read_text(encoding="utf-8").splitlines()]
+def held_out_rates(filter_, name: str) -> dict:
+    items = [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines()]
+    rates = {}
     for lang in ("ko", "en"):
         offensive = [i for i in items if i["lang"] == lang and i["offensive"]]
         clean = [i for i in items if i["lang"] == lang and not i["offensive"]]
-        recall = sum(profanity.is_offensive(i["text"]) for i in offensive) / len(offensive)
-        fpr = sum(profanity.is_offensive(i["text"]) for i in clean) / len(clean)
-        by_kind = Counter(i["kind"] for i in offensive if not profanity.is_offensive(i["text"]))
-        print(f"\nprofanity_heldout4.jsonl {lang}: recall {recall:.3f}, false positives {fpr:.3f}; missed by kind {dict(by_kind)}")
-        assert recall >= 0.65 and fpr <= 0.02
+        recall = sum(filter_.is_offensive(i["text"]) for i in offensive) / len(offensive)
+        rates[lang] = (recall, sum(filter_.is_offensive(i["text"]) for i in clean) / len(clean))
+        missed = Counter(i["kind"] for i in offensive if not filter_.is_offensive(i["text"]))
+        print(f"\n{name} {lang}: recall {rates[lang][0]:.3f}, false positives {rates[lang][1]:.3f}; missed by kind {dict(missed)}")
+    return rates
+
+
+def test_rules_on_the_set_that_ended_their_development(profanity):
+    """profanity_heldout4.jsonl (400 items by a separate author, written after rule development ended):
+    the rules measured once at Korean 0.680 / 0.010, English 0.660 / 0.010; it then set the sentence
+    classifier's threshold (a validation set now). A regression floor for the rules."""
+    rates = held_out_rates(profanity, "profanity_heldout4.jsonl")
+    assert all(recall >= 0.65 and fp <= 0.02 for recall, fp in rates.values())
+
+
+def test_rules_and_model_on_text_neither_was_tuned_on():
+    """profanity_heldout5.jsonl: 400 items (per language 100 offensive — plain, inflected, disguised,
+    harassment, slurs, threats — and 100 hard negatives) by a separate author, written after the
+    classifier was trained, measured once: rules Korean 0.640 / 0.010, English 0.560 / 0.010; rules +
+    sentence classifier Korean 0.910 / 0.020, English 0.860 / 0.030 (the issue's 0.95 / 0.02: not
+    met). A regression floor."""
+    from llamak.data.profanity import default_filter
+
+    rules, both = held_out_rates(default_filter(), "profanity_heldout5.jsonl"), held_out_rates(default_filter(model=True), "profanity_heldout5.jsonl")
+    assert rules["ko"][0] >= 0.6 and rules["en"][0] >= 0.52 and all(fp <= 0.02 for _, fp in rules.values())
+    assert both["ko"][0] >= 0.88 and both["en"][0] >= 0.83 and all(fp <= 0.04 for _, fp in both.values())
 
 
 @pytest.mark.parametrize("text, category", [
@@ -153,3 +170,50 @@ def test_re2_translation():
 
     assert re2_superset(r"(?<!\w)[씨시](?:[\s\d\W_]|x)+발(?![가-힣])\b") == r"[씨시](?:(?:[^\p{L}\p{N}_]|[\s\x{a0}\x{3000}\p{Nd}_])|x)+발"
     assert alternatives(r"a|b(c|d)|[|]e") == ["a", "b(c|d)", "[|]e"]
+
+
+# ------------------------------------------------------------------ the learned sentence classifier
+
+
+def test_model_flags_sentences_the_lexicon_cannot_list():
+    from llamak.data.profanity import default_filter
+
+    text = "What colour is your underwear right now? Send a pic. The weather today is sunny and warm."
+    rules, both = default_filter(), default_filter(model=True)
+    assert rules.find(text) == []
+    hits = both.find(text)
+    assert [h.category for h in hits] == ["offensive"] and hits[0].value == "What colour is your underwear right now?"
+    assert both.mask(text)[0] == "<OFFENSIVE> Send a pic. The weather today is sunny and warm."
+    assert both.find("오늘 날씨는 맑고 따뜻합니다. 내일은 비가 온다고 합니다.") == []
+
+
+def test_sentence_spans_and_threshold_choice():
+    import numpy as np
+
+    from llamak.data.profanity_model import sentences, threshold_for
+
+    text = "첫 문장입니다. Second one!\n세 번째 줄"
+    assert [text[s:e] for s, e in sentences(text)] == ["첫 문장입니다.", " Second one!", "세 번째 줄"]
+    rows = [{"offensive": o, "lang": lang} for o, lang in [(True, "ko"), (False, "ko"), (False, "ko"), (True, "en"), (False, "en")]]
+    scores = np.array([0.9, 0.6, 0.2, 0.8, 0.3])
+    assert threshold_for(scores, rows, 0.0) == pytest.approx(0.8) and threshold_for(scores, rows, 0.5) == pytest.approx(0.6)
+
+
+def test_shipped_model_is_reproducible_from_the_repo(tmp_path):
+    """`llamak data profanity-train` (the README's command) rebuilds the shipped sentence classifier."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from llamak.data.profanity_model import default_path
+    from llamak.text_classifier import TextClassifier
+
+    out = tmp_path / "p.npz"
+    cmd = [sys.executable, "-m", "llamak.cli", "data", "profanity-train", "--data", "tests/data/profanity_*.jsonl", "--exclude", "tests/data/profanity_heldout5.jsonl",
+           "--validation", "tests/data/profanity_heldout4.jsonl", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    shipped, rebuilt = TextClassifier.load(default_path()), TextClassifier.load(out)
+    assert rebuilt.info == shipped.info and rebuilt.threshold == pytest.approx(shipped.threshold)
+    assert np.allclose(rebuilt.coef, shipped.coef, atol=1e-3)

@@ -58,7 +58,7 @@ T = {
         "context": "최대 입출력 길이(Context Length)", "positions": "토큰 (RoPE {rope})",
         "data": "학습 데이터", "data_clean": "정제: 문서 {read}개 중 {kept}개 유지, 제거 {dropped}",
         "data_masked": "개인정보·욕설 마스킹: {masked}",
-        "profanity_measured": "욕설 필터를 따로 작성된 평가 문장 {items}개로 잰 결과: 한국어 재현율 {ko_recall:.2f}, 오탐률 {ko_fp:.2f}; 영어 {en_recall:.2f} / {en_fp:.2f}. 우회 표기와 일반 욕설·비하 표현은 잡지만, 욕설 없이 표현된 성희롱과 간접 협박은 대부분 놓칩니다.", "data_mix": "혼합(토큰 비율): {share}, 총 {tokens} 토큰, {rows}개 {seq_len}-토큰 행",
+        "profanity_measured": "욕설 필터를 따로 작성된 평가 문장 {items}개로 잰 결과(재현율 / 오탐률): 규칙만 한국어 {ko_recall:.2f} / {ko_fp:.2f}, 영어 {en_recall:.2f} / {en_fp:.2f}; 문장 분류기 포함(`--profanity-model`) 한국어 {ko_recall_m:.2f} / {ko_fp_m:.2f}, 영어 {en_recall_m:.2f} / {en_fp_m:.2f}. 규칙은 우회 표기와 일반 욕설을 잡지만 욕설 없이 표현된 성희롱과 간접 협박은 대부분 놓칩니다.", "data_mix": "혼합(토큰 비율): {share}, 총 {tokens} 토큰, {rows}개 {seq_len}-토큰 행",
         "data_sets": "단계별 데이터", "none": "없음",
         "eval": "평가", "eval_text": "{baseline} 대비 차이를 괄호 안에 표시합니다. 제품군: {suites}.",
         "energy": "에너지", "energy_text": "codecarbon 오프라인 측정(전력망: {country}), 하드웨어 {hardware}. 전체 {total:.3g} kWh, CO₂ {co2:.3g} g.",
@@ -89,7 +89,7 @@ T = {
         "context": "Context length", "positions": "tokens (RoPE {rope})",
         "data": "Training data", "data_clean": "Cleaning: {kept} of {read} documents kept, removed {dropped}",
         "data_masked": "Personal data and profanity masked: {masked}",
-        "profanity_measured": "The profanity filter on {items} evaluation sentences written apart from it: Korean recall {ko_recall:.2f}, false positives {ko_fp:.2f}; English {en_recall:.2f} / {en_fp:.2f}. Disguised spellings and ordinary insults are caught; sexual harassment and indirect threats worded without offensive words mostly are not.", "data_mix": "Mixture (token shares): {share}, {tokens} tokens in all, {rows} rows of {seq_len} tokens",
+        "profanity_measured": "The profanity filter on {items} evaluation sentences written apart from it (recall / false positives): rules only, Korean {ko_recall:.2f} / {ko_fp:.2f}, English {en_recall:.2f} / {en_fp:.2f}; with the sentence classifier (`--profanity-model`), Korean {ko_recall_m:.2f} / {ko_fp_m:.2f}, English {en_recall_m:.2f} / {en_fp_m:.2f}. The rules catch disguised spellings and ordinary insults but mostly miss sexual harassment and indirect threats worded without offensive words.", "data_mix": "Mixture (token shares): {share}, {tokens} tokens in all, {rows} rows of {seq_len} tokens",
         "data_sets": "Data per stage", "none": "none",
         "eval": "Evaluation", "eval_text": "Differences from {baseline} in brackets. Suites: {suites}.",
         "energy": "Energy", "energy_text": "Measured with codecarbon's offline tracker (grid: {country}) on {hardware}. Total {total:.3g} kWh, {co2:.3g} g CO₂.",
@@ -209,7 +209,10 @@ def render(f: dict, lang: str) -> str:
         masked = ", ".join(f"{k} {v}" for k, v in clean.get("masked", {}).items()) or t["none"]
         p = MEASURED["profanity"]
         lines += ["- " + t["data_clean"].format(read=clean.get("read"), kept=clean.get("kept"), dropped=dropped), "- " + t["data_masked"].format(masked=masked),
-                  "- " + t["profanity_measured"].format(items=p["items"], ko_recall=p["ko"]["recall"], ko_fp=p["ko"]["false_positive"], en_recall=p["en"]["recall"], en_fp=p["en"]["false_positive"])]
+                  "- " + t["profanity_measured"].format(
+                      items=p["items"], ko_recall=p["rules"]["ko"]["recall"], ko_fp=p["rules"]["ko"]["false_positive"], en_recall=p["rules"]["en"]["recall"],
+                      en_fp=p["rules"]["en"]["false_positive"], ko_recall_m=p["rules+model"]["ko"]["recall"], ko_fp_m=p["rules+model"]["ko"]["false_positive"],
+                      en_recall_m=p["rules+model"]["en"]["recall"], en_fp_m=p["rules+model"]["en"]["false_positive"])]
         if mix:
             share = ", ".join(f"{k} {v:.1%}" for k, v in mix.get("share", {}).items())
             lines.append("- " + t["data_mix"].format(share=share, tokens=f"{sum(mix.get('tokens', {}).values()):,}", rows=pack.get("rows", "–"), seq_len=pack.get("seq_len", "–")))
