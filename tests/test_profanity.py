@@ -155,7 +155,7 @@ def test_prefilter_is_a_superset_of_every_rule(profanity):
     is one the prefilter let through (so the prefilter never hides a hit)."""
     import re2
 
-    from llamak.data.profanity import re2_superset
+    from llamak.data.re2_prefilter import re2_superset
 
     texts = [json.loads(line)["text"] for f in sorted(DATA.glob("profanity_*.jsonl")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     for rule in profanity.rules:
@@ -166,7 +166,7 @@ def test_prefilter_is_a_superset_of_every_rule(profanity):
 
 
 def test_re2_translation():
-    from llamak.data.profanity import alternatives, re2_superset
+    from llamak.data.re2_prefilter import alternatives, re2_superset
 
     assert re2_superset(r"(?<!\w)[씨시](?:[\s\d\W_]|x)+발(?![가-힣])\b") == r"[씨시](?:(?:[^\p{L}\p{N}_]|[\s\x{a0}\x{3000}\p{Nd}_])|x)+발"
     assert alternatives(r"a|b(c|d)|[|]e") == ["a", "b(c|d)", "[|]e"]
