@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/guard.py
 
-Times `Guard.check_input` on the 240 prompts of tests/data/guard_heldout2.jsonl (after one warm-up
+Times `Guard.check_input` on the 240 prompts of tests/data/guard_heldout3.jsonl (after one warm-up
 pass: weights and Kiwi load once per process), in this process, one after another (what a server
 does per request), and prints milliseconds per prompt (median and p95) and the classifier's
 share. The issue's budget: ≤ 10 ms per prompt on a CPU.
@@ -31,7 +31,7 @@ def per_prompt_ms(check, prompts: list[str], rounds: int = 3) -> list[float]:
 
 
 def main() -> None:
-    prompts = [r["prompt"] for r in read_prompts(ROOT / "tests/data/guard_heldout2.jsonl")]
+    prompts = [r["prompt"] for r in read_prompts(ROOT / "tests/data/guard_heldout3.jsonl")]
     rules, both = Guard("block", classifier=False), Guard("block")
     for p in prompts:  # warm-up: Kiwi, the RE2 automata, the classifier's weights
         both.check_input(p)

@@ -4,11 +4,13 @@ A `llamak.text_classifier.TextClassifier` (hashed character/word n-grams, logist
 trained on labelled Korean/English requests. The weights ship as `resources/guard/classifier.npz`
 (arrays only, no pickle), trained by
 
-    llamak guard train                 # resources/guard/train*.jsonl + the safety suite → classifier.npz
-    llamak guard eval tests/data/guard_heldout2.jsonl
+    llamak guard train --validation tests/data/guard_heldout2.jsonl   # → the shipped classifier.npz
+    llamak guard eval tests/data/guard_heldout3.jsonl
 
-The decision threshold is chosen by 5-fold cross-validation on the training prompts: the lowest
-score that keeps cross-validated false blocks ≤ `max_false_block` — never on a held-out set.
+The decision threshold is the lowest score that keeps false blocks ≤ `max_false_block` on a
+validation set the first fit does not see (`--validation`; the shipped weights use
+tests/data/guard_heldout2.jsonl, then refit on it too), or by 5-fold cross-validation without one —
+never on the held-out set that measures it.
 """
 
 from __future__ import annotations
@@ -82,14 +84,21 @@ def rates(scores: np.ndarray, harmful: np.ndarray, threshold: float) -> tuple[fl
     return float(blocked[harmful].mean()), float(blocked[~harmful].mean())
 
 
-def train(rows: list[dict], max_false_block: float = 0.04, c: float = 16.0, seed: int = 0) -> TextClassifier:
-    harmful = np.array([r["harmful"] for r in rows])
-    cv = cross_validated_scores(rows, c=c, seed=seed)
-    candidates = sorted(set(np.round(cv, 4)))
-    threshold = next((t for t in candidates if rates(cv, harmful, t)[1] <= max_false_block), 0.5)
-    block, false_block = rates(cv, harmful, threshold)
-    coef, intercept = fit([r["prompt"] for r in rows], [r["harmful"] for r in rows], c, seed)
-    info = {"prompts": len(rows), "harmful": int(harmful.sum()), "c": c, "seed": seed, "max_false_block": max_false_block,
-            "cv_block": round(block, 4), "cv_false_block": round(false_block, 4),
+def train(rows: list[dict], validation: list[dict] | None = None, max_false_block: float = 0.04, c: float = 16.0, seed: int = 0) -> TextClassifier:
+    """The threshold is the lowest score whose false-block rate stays ≤ `max_false_block`: on
+    `validation` (prompts the first fit does not see; the weights are then refitted on them too), or
+    without one, on 5-fold cross-validated scores of the training prompts."""
+    if validation:
+        coef, intercept = fit([r["prompt"] for r in rows], [r["harmful"] for r in rows], c, seed)
+        scored, scores = validation, sigmoid(features([r["prompt"] for r in validation]) @ coef + intercept)
+    else:
+        scored, scores = rows, cross_validated_scores(rows, c=c, seed=seed)
+    harmful = np.array([r["harmful"] for r in scored])
+    threshold = next((t for t in sorted(set(np.round(scores, 4))) if rates(scores, harmful, t)[1] <= max_false_block), 0.5)
+    block, false_block = rates(scores, harmful, threshold)
+    everything = rows + (validation or [])
+    coef, intercept = fit([r["prompt"] for r in everything], [r["harmful"] for r in everything], c, seed)
+    info = {"prompts": len(everything), "harmful": sum(r["harmful"] for r in everything), "c": c, "seed": seed, "max_false_block": max_false_block,
+            "threshold_from": "validation" if validation else "5-fold cross-validation", "block": round(block, 4), "false_block": round(false_block, 4),
             "features": f"char_wb 1-5 ({CHAR_FEATURES}) + word 1-2 ({WORD_FEATURES}), log tf, l2"}
     return TextClassifier(coef, intercept, float(threshold), info)
