@@ -16,6 +16,7 @@ Business representative numbers (1588-xxxx …) are not personal and are kept.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -158,32 +159,45 @@ def _ips(text: str):
             yield PiiMatch("IP", m.start(), m.end(), m.group())
 
 
-# In priority order: where two matches overlap, the earlier recogniser wins.
+# In priority order: where two matches overlap, the earlier recogniser wins. Each with the pattern
+# of its shape, which the prefilter below tests.
 RECOGNISERS = [
-    _emails,
-    _registrations,
-    _cards,
-    _phones,
-    _in_context(DRIVER_LICENSE, LICENSE_CONTEXT, "DRIVER_LICENSE"),
-    _in_context(PASSPORT, PASSPORT_CONTEXT, "PASSPORT"),
-    _in_context(ACCOUNT, ACCOUNT_CONTEXT, "ACCOUNT", digit_range=(10, 14)),
-    _ips,
+    (_emails, EMAIL),
+    (_registrations, REGISTRATION),
+    (_cards, CARD),
+    (_phones, PHONE),
+    (_in_context(DRIVER_LICENSE, LICENSE_CONTEXT, "DRIVER_LICENSE"), DRIVER_LICENSE),
+    (_in_context(PASSPORT, PASSPORT_CONTEXT, "PASSPORT"), PASSPORT),
+    (_in_context(ACCOUNT, ACCOUNT_CONTEXT, "ACCOUNT", digit_range=(10, 14)), ACCOUNT),
+    (_ips, IPV4),
 ]
 
 
-# Every recogniser needs an "@", seven digits and separators in a row, or a new-style passport
-# number (M123A4567): one search tells most
-# documents apart from ones worth the nine recognisers (about 30× cheaper on prose).
-MAYBE_PII = re.compile(r"@|\d[-. \d]{5,}\d|\d{3}[A-Z]\d{4}")
+@functools.cache
+def _shapes():
+    """One RE2 set of the recognisers' shapes (linear time, all at once): which could match a text.
+    Most prose matches none and costs ~10 µs instead of eight regular-expression passes."""
+    import re2
+
+    from llamak.data.re2_prefilter import re2_superset
+
+    shapes = re2.Set.SearchSet(re2.Options())
+    for _, shape in RECOGNISERS:
+        shapes.Add(re2_superset(shape.pattern))
+    shapes.Compile()
+    return shapes
+
+
+def candidates(text: str) -> list[int]:
+    """Indices of the recognisers whose shape occurs in `text`."""
+    return sorted(_shapes().Match(text) or ())
 
 
 def find_pii(text: str) -> list[PiiMatch]:
     """Non-overlapping PII matches in text order."""
-    if not MAYBE_PII.search(text):
-        return []
     taken: list[PiiMatch] = []
-    for recognise in RECOGNISERS:
-        for match in recognise(text):
+    for index in candidates(text):
+        for match in RECOGNISERS[index][0](text):
             if all(match.end <= t.start or match.start >= t.end for t in taken):
                 taken.append(match)
     return sorted(taken, key=lambda m: m.start)

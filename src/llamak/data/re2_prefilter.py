@@ -3,7 +3,7 @@
 The profanity filter runs ~700 rules; Python's `re` would scan a text once per rule. An RE2 set
 (google-re2: one automaton, linear time) scans once for all of them and says which rules *could*
 match; only those run in Python. For that, each rule is translated into a superset RE2 accepts:
-lookarounds and \\b removed (RE2 has neither), and `\\w \\W \\d \\s` made Unicode-aware as in
+lookarounds, \\b and backreferences removed (RE2 has none of them), and `\\w \\W \\d \\s` made Unicode-aware as in
 Python (RE2's are ASCII-only: its `\\W` would match every Hangul syllable).
 """
 
@@ -23,7 +23,9 @@ def re2_superset(pattern: str) -> str:
         c = pattern[i]
         if c == "\\":
             letter = pattern[i + 1]
-            if letter != "b":
+            if letter.isdigit():  # a backreference (RE2 has none): any text is a superset of it
+                out.append("(?s:.*)")
+            elif letter != "b":
                 out.append(_RE2_OUTSIDE.get(letter, pattern[i : i + 2]))
             i += 2
         elif c == "[":
