@@ -203,3 +203,15 @@ def test_rates_quoted_by_the_card_are_what_the_code_measures():
             recall = round(sum(map(profanity.is_offensive, offensive)) / len(offensive), 3)
             fp = round(sum(map(profanity.is_offensive, clean)) / len(clean), 3)
             assert (recall, fp) == (measured[variant][lang]["recall"], measured[variant][lang]["false_positive"])
+
+
+def test_generate_cli_with_the_served_model_as_judge(tmp_path):
+    """`--guard-model self` through the CLI: the judge runs on the served engine before the task."""
+    text = tmp_path / "doc.txt"
+    text.write_text("KT는 1981년에 설립된 한국의 통신 회사이다. 본사는 경기도 성남시에 있다.", encoding="utf-8")
+    result = subprocess.run([*LLAMAK, "generate", "zoo:tiny-instruct", "--task", "summarize", "--input", str(text), "--max-tokens", "8",
+                             "--guard", "flag", "--guard-model", "self"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run([*LLAMAK, "generate", "zoo:tiny-instruct", "--task", "summarize", "--input", str(text), "--guard", "block",
+                             "--guard-model", str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "missing" in result.stderr and "Traceback" not in result.stderr
