@@ -35,7 +35,7 @@ longpo_app = typer.Typer(help="LongPO: self-evolving short-to-long preference pa
 app.add_typer(longpo_app, name="longpo")
 data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality, PII, profanity, dedup), mix by token shares, pack for CPT.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-guard_app = typer.Typer(help="The serving guard's learned prompt classifier: train it (offline, ~1 min) and measure the guard on labelled prompts.", no_args_is_help=True)
+guard_app = typer.Typer(help="The serving guard's learned prompt classifier: train it (offline, seconds) and measure the guard on labelled prompts.", no_args_is_help=True)
 app.add_typer(guard_app, name="guard")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -436,7 +436,9 @@ def generate(
     if jsonl:
         items = read_jsonl(jsonl, task, {"labels": label_list, "question": question, "lang": lang})
         loaded = load_engine(model, engine)
-        n = run_batch(loaded, items, out, guard=build_guard(guard, guard_model, engine, loaded), **settings)
+        checker = build_guard(guard, guard_model, engine, loaded)
+        n = run_batch(loaded, items, out, guard=checker, **settings)
+        checker.close()
         if out:
             typer.echo(f"{n} results: {out}", err=True)
         return
@@ -451,6 +453,7 @@ def generate(
     loaded = load_engine(model, engine)
     checker = build_guard(guard, guard_model, engine, loaded)
     result = run_task(loaded, item, on_text=lambda t: (sys.stdout.write(t), sys.stdout.flush()), guard=checker, **settings)
+    checker.close()
     if result["finish_reason"] == "content_filter":
         sys.stdout.write(result["output"])
     sys.stdout.write("\n")
@@ -472,7 +475,9 @@ def chat(
 
     check_guard(guard, guard_model)
     loaded = load_engine(model, engine)
-    chat_loop(loaded, system, max_tokens, temperature, seed=seed, guard=build_guard(guard, guard_model, engine, loaded))
+    checker = build_guard(guard, guard_model, engine, loaded)
+    chat_loop(loaded, system, max_tokens, temperature, seed=seed, guard=checker)
+    checker.close()
 
 
 @guard_app.command("train", epilog="Examples:\n\n    llamak guard train --validation tests/data/guard_heldout2.jsonl   # the shipped weights\n\n"
@@ -481,7 +486,7 @@ def guard_train(
     data: Annotated[Optional[list[str]], typer.Option("--data", help="JSONL files of {prompt, harmful}; default: the shipped training sets and the safety suite.", show_default=False)] = None,
     validation: Annotated[Optional[Path], typer.Option("--validation", help="Prompts the first fit does not see: they set the threshold (then the weights refit on them too). Default: 5-fold cross-validation.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Weights file (default: the shipped resources/guard/classifier.npz).", show_default=False)] = None,
-    max_false_block: Annotated[float, typer.Option("--max-false-block", help="Threshold: the lowest score whose cross-validated false-block rate stays under this.")] = 0.04,
+    max_false_block: Annotated[float, typer.Option("--max-false-block", help="Threshold: the lowest score whose false-block rate (on --validation, else cross-validated) stays under this.")] = 0.04,
 ) -> None:
     """Train the guard's prompt classifier (hashed character/word n-grams, logistic regression) and choose its threshold on a validation set or by cross-validation."""
     from llamak.files import expand_globs

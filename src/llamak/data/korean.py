@@ -1,9 +1,9 @@
-"""One Kiwi morpheme analyser per process, shared by the quality filter and the profanity filter.
+"""One Kiwi morpheme analyser per process, for the profanity filter's morpheme rules and LongPO.
 
-Kiwi (kiwipiepy) loads a ~100 MB model, so each worker builds it once, lazily (it cannot be
-pickled to workers). `model_type="cong"` is the model kiwipiepy ships; datatrove's own Kiwi
-tokenizer asks for one that newer kiwipiepy no longer has. The last few analyses are cached: the
-quality filter and the profanity filter usually see the same text (PII masking rarely changes it).
+Kiwi (kiwipiepy) loads a ~100 MB model, so each process builds it once, lazily (it cannot be
+pickled to workers; the data pipeline's fork server builds it before forking them).
+`model_type="cong"` is the model kiwipiepy ships; datatrove's own Kiwi tokenizer asks for one that
+newer kiwipiepy no longer has. The last few analyses are cached.
 """
 
 from __future__ import annotations

@@ -31,8 +31,6 @@ def _needs_work(text: str) -> bool:
         "  " in text or text[:1].isspace() or text[-1:].isspace() or bool(_ODD_CHARACTER.search(text))
         or (("\n" in text) and bool(_SPACE_AT_LINE_END.search(text)))
     )
-_HANGUL = re.compile(r"[가-힣ㄱ-ㅎㅏ-ㅣ]")
-_LETTER = re.compile(r"[^\W\d_]")
 
 
 class Normalize(BaseFormatter):
