@@ -78,7 +78,7 @@ def test_guard_cli_errors_are_one_line(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not an npz")
     from llamak.errors import LlamakError
 
-    with pytest.raises(LlamakError, match="not a guard classifier"):
+    with pytest.raises(LlamakError, match="not a llamak text classifier"):
         TextClassifier.load(tmp_path / "junk.npz")
 
 

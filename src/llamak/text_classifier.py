@@ -72,7 +72,7 @@ class TextClassifier:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["coef"].astype(np.float32), float(z["intercept"]), float(z["threshold"]), json.loads(z["info"].tobytes()))
         except (OSError, KeyError, ValueError) as e:
-            raise LlamakError(f"{path}: not a guard classifier ({e}); build one with `llamak guard train` or `llamak data profanity-train`") from None
+            raise LlamakError(f"{path}: not a llamak text classifier ({e}); build one with `llamak guard train` or `llamak data profanity-train`") from None
 
 
 def noisy(text: str, rng: random.Random) -> str:
@@ -102,8 +102,6 @@ def fit(texts: list[str], labels: list[bool], c: float = 16.0, seed: int = 0) ->
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     model.fit(features(texts), labels)
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
-
-
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
