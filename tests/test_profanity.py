@@ -68,12 +68,15 @@ def test_mask_replaces_only_the_offensive_span(profanity):
     assert masked == "시발점에서 출발했는데 <PROFANITY> 길이 막혔다" and counts == Counter({"PROFANITY": 1})
 
 
-@pytest.mark.parametrize("name", ["profanity_heldout.jsonl", "profanity_heldout2.jsonl", "profanity_heldout3.jsonl"])
+@pytest.mark.parametrize("name", ["profanity_heldout.jsonl", "profanity_heldout2.jsonl", "profanity_heldout3.jsonl", "profanity_heldout5.jsonl"])
 def test_former_held_out_sets_now_development_sets(profanity, name):
     """Written apart from the filter and measured first (heldout2: 0.900 / 0.027 on 2026-11-27;
     heldout3: ko 0.670 / 0.010, en 0.620 / 0.010 on 2026-12-03), then used to develop the disguise
-    generation and the phrasing rules: development sets now, held to the issue's 0.95 / 0.02."""
-    _assert_recall_and_false_positive_rate(profanity, DATA / name, min_items=120)
+    generation and the phrasing rules: development sets now, held to the issue's 0.95 / 0.02 (heldout5,
+    the classifier's validation set, with the classifier)."""
+    from llamak.data.profanity import default_filter
+
+    _assert_recall_and_false_positive_rate(default_filter(model=True) if name.endswith("5.jsonl") else profanity, DATA / name, min_items=120)
 
 
 def held_out_rates(filter_, name: str) -> dict:
@@ -91,23 +94,25 @@ def held_out_rates(filter_, name: str) -> dict:
 
 def test_rules_on_the_set_that_ended_their_development(profanity):
     """profanity_heldout4.jsonl (400 items by a separate author, written after rule development ended):
-    the rules measured once at Korean 0.680 / 0.010, English 0.660 / 0.010; it then set the sentence
-    classifier's threshold (a validation set now). A regression floor for the rules."""
+    the rules measured once at Korean 0.680 / 0.010, English 0.660 / 0.010; it then set the first
+    sentence classifier's threshold and is training data now. A regression floor for the rules."""
     rates = held_out_rates(profanity, "profanity_heldout4.jsonl")
     assert all(recall >= 0.65 and fp <= 0.02 for recall, fp in rates.values())
 
 
 def test_rules_and_model_on_text_neither_was_tuned_on():
-    """profanity_heldout5.jsonl: 400 items (per language 100 offensive — plain, inflected, disguised,
-    harassment, slurs, threats — and 100 hard negatives) by a separate author, written after the
-    classifier was trained, measured once: rules Korean 0.640 / 0.010, English 0.560 / 0.010; rules +
-    sentence classifier Korean 0.910 / 0.020, English 0.860 / 0.030 (the issue's 0.95 / 0.02: not
-    met). A regression floor."""
+    """profanity_heldout6.jsonl: 400 items (per language 100 offensive — plain, inflected, disguised,
+    harassment, slurs, threats — and 100 hard negatives) by a separate author, measured once after the
+    last rules and the retrained classifier: rules Korean 0.730 / 0.000, English 0.680 / 0.000; rules +
+    sentence classifier Korean 0.980 / 0.020 (the issue's 0.95 / 0.02: met), English 0.960 / 0.110
+    (recall met, false positives not). profanity_heldout5.jsonl was measured once before (rules ko
+    0.640 / 0.010, en 0.560 / 0.010; + classifier 0.910 / 0.020, 0.860 / 0.030), then developed on and
+    used as the classifier's validation set. A regression floor."""
     from llamak.data.profanity import default_filter
 
-    rules, both = held_out_rates(default_filter(), "profanity_heldout5.jsonl"), held_out_rates(default_filter(model=True), "profanity_heldout5.jsonl")
-    assert rules["ko"][0] >= 0.6 and rules["en"][0] >= 0.52 and all(fp <= 0.02 for _, fp in rules.values())
-    assert both["ko"][0] >= 0.88 and both["en"][0] >= 0.83 and all(fp <= 0.04 for _, fp in both.values())
+    rules, both = held_out_rates(default_filter(), "profanity_heldout6.jsonl"), held_out_rates(default_filter(model=True), "profanity_heldout6.jsonl")
+    assert rules["ko"][0] >= 0.7 and rules["en"][0] >= 0.65 and all(fp <= 0.02 for _, fp in rules.values())
+    assert both["ko"][0] >= 0.95 and both["en"][0] >= 0.93 and both["ko"][1] <= 0.03 and both["en"][1] <= 0.13
 
 
 @pytest.mark.parametrize("text, category", [
@@ -210,8 +215,8 @@ def test_shipped_model_is_reproducible_from_the_repo(tmp_path):
     from llamak.text_classifier import TextClassifier
 
     out = tmp_path / "p.npz"
-    cmd = [sys.executable, "-m", "llamak.cli", "data", "profanity-train", "--data", "tests/data/profanity_*.jsonl", "--exclude", "tests/data/profanity_heldout5.jsonl",
-           "--validation", "tests/data/profanity_heldout4.jsonl", "--out", str(out)]
+    cmd = [sys.executable, "-m", "llamak.cli", "data", "profanity-train", "--data", "tests/data/profanity_*.jsonl", "--exclude", "tests/data/profanity_heldout6.jsonl",
+           "--validation", "tests/data/profanity_heldout5.jsonl", "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     shipped, rebuilt = TextClassifier.load(default_path()), TextClassifier.load(out)

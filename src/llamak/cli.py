@@ -716,7 +716,7 @@ def data_clean(
     typer.echo(f"cleaned documents: {out}/documents/   excluded: {out}/excluded/   stats: {out}/stats.json")
 
 
-@data_app.command("profanity-train", epilog="Example:\n\n    llamak data profanity-train --data 'tests/data/profanity_*.jsonl' --exclude tests/data/profanity_heldout5.jsonl \\\n        --validation tests/data/profanity_heldout4.jsonl")
+@data_app.command("profanity-train", epilog="Example:\n\n    llamak data profanity-train --data 'tests/data/profanity_*.jsonl' --exclude tests/data/profanity_heldout6.jsonl \\\n        --validation tests/data/profanity_heldout5.jsonl")
 def data_profanity_train(
     data: Annotated[list[str], typer.Option("--data", help="Labelled JSONL files or globs ({text, offensive, lang}).", show_default=False)],
     validation: Annotated[Path, typer.Option("--validation", help="A labelled set the first fit does not see: it sets the threshold.", show_default=False)],
