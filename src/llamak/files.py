@@ -42,3 +42,21 @@ def read_jsonl(path: Path, required: str) -> list[dict]:
                 raise LlamakError(f"{path}:{number}: expected an object with a {required!r} field")
             rows.append(row)
     return rows
+
+
+def read_labelled(path: Path, text: str, label: str, keep: tuple[str, ...] = ()) -> list[dict]:
+    """Rows {text: str, label: bool, *keep} of a labelled JSONL file (classifier training and
+    evaluation sets); a bad row is a one-line error naming the file and line, an empty file too."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({text: str(row[text]), label: bool(row[label]), **{k: row[k] for k in keep if row.get(k) is not None}})
+        except (ValueError, KeyError, TypeError) as e:
+            raise LlamakError(f"{path}:{number}: expected a JSON object with {text!r} and {label!r} ({e})") from None
+    if not rows:
+        raise LlamakError(f"{path}: no rows")
+    return rows
+

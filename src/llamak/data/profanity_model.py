@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from llamak.errors import LlamakError
+from llamak.files import read_labelled
 from llamak.text_classifier import TextClassifier, features, fit, sigmoid
 
 _SENTENCE = re.compile(r"[^.!?。\n]+[.!?。]*")
@@ -46,19 +45,10 @@ def sentences(text: str) -> list[tuple[int, int]]:
 
 
 def read_sentences(path: Path) -> list[dict]:
-    """Rows with `text`, `offensive` (bool) and `lang` from a labelled JSONL file."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            text = str(row["text"])
-            rows.append({"text": text, "offensive": bool(row["offensive"]), "lang": row.get("lang") or ("ko" if re.search("[가-힣]", text) else "en")})
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LlamakError(f"{path}:{n}: expected a JSON object with 'text' and 'offensive' ({e})") from None
-    if not rows:
-        raise LlamakError(f"{path}: no sentences")
+    """Rows with `text`, `offensive` and `lang` (from the text when not given) of a labelled JSONL file."""
+    rows = read_labelled(path, "text", "offensive", ("lang",))
+    for row in rows:
+        row.setdefault("lang", "ko" if re.search("[가-힣]", row["text"]) else "en")
     return rows
 
 

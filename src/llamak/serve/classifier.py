@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 
-from llamak.errors import LlamakError
+from llamak.files import read_labelled
 from llamak.text_classifier import CHAR_FEATURES, WORD_FEATURES, TextClassifier, features, fit, sigmoid
 
 
@@ -50,19 +49,8 @@ def default_classifier() -> TextClassifier:
 
 
 def read_prompts(path: Path) -> list[dict]:
-    """Rows with `prompt` and `harmful` (bool) from a JSONL file; a bad row is a one-line error."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows.append({"prompt": str(row["prompt"]), "harmful": bool(row["harmful"]), **{k: row[k] for k in ("lang", "category", "style") if k in row}})
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LlamakError(f"{path}:{n}: expected a JSON object with 'prompt' and 'harmful' ({e})") from None
-    if not rows:
-        raise LlamakError(f"{path}: no prompts")
-    return rows
+    """Rows with `prompt` and `harmful` (and `lang`, `category`, `style` when given) of a JSONL file."""
+    return read_labelled(path, "prompt", "harmful", ("lang", "category", "style"))
 
 
 def cross_validated_scores(rows: list[dict], folds: int = 5, c: float = 16.0, seed: int = 0) -> np.ndarray:
