@@ -71,6 +71,8 @@ def test_guard_cli_errors_are_one_line(tmp_path):
     result = subprocess.run([*LLAMAK, "guard", "train", "--data", str(bad), "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
     assert result.returncode == 2 and f"{bad}:2" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.npz").exists()
+    result = subprocess.run([*LLAMAK, "guard", "train", "--validation", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x.npz")], capture_output=True, text=True)
+    assert result.returncode == 2 and "missing.jsonl: cannot read" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([*LLAMAK, "guard", "eval", str(DATA / "guard_heldout.jsonl"), "--by", "style"], capture_output=True, text=True)
     assert result.returncode == 0 and "rules+classifier" in result.stdout
     result = subprocess.run([*LLAMAK, "chat", "zoo:tiny-instruct", "--guard-model", "self"], capture_output=True, text=True)

@@ -47,8 +47,12 @@ def read_jsonl(path: Path, required: str) -> list[dict]:
 def read_labelled(path: Path, text: str, label: str, keep: tuple[str, ...] = ()) -> list[dict]:
     """Rows {text: str, label: bool, *keep} of a labelled JSONL file (classifier training and
     evaluation sets); a bad row is a one-line error naming the file and line, an empty file too."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlamakError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
