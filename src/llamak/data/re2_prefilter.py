@@ -72,45 +72,31 @@ def _re2_class(body: str) -> str:
 def alternatives(pattern: str) -> list[str]:
     """The top-level alternatives of a pattern (a|b(c|d) → a, b(c|d)): each is a rule of its own, so
     each lands in the RE2 set of its script and runs only when it can match."""
-    parts, depth, in_class, i, last = [], 0, False, 0, 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            i += 2 if pattern[i + 1 : i + 2] in ("]", "^") else 1
-            continue
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            parts.append(pattern[last:i])
-            last = i + 1
-        i += 1
-    return [*parts, pattern[last:]]
+    cuts = [i for i, c, depth in _structure(pattern) if c == "|" and depth == 0]
+    return [pattern[start + 1 : end] for start, end in zip([-1, *cuts], [*cuts, len(pattern)])]
 
 
 def _group_end(pattern: str, start: int) -> int:
-    depth, i, in_class = 0, start, False
+    """Index just after the `)` closing the group that opens at `start`."""
+    return next(i + 1 for i, c, depth in _structure(pattern, start) if c == ")" and depth == 0)
+
+
+def _structure(pattern: str, start: int = 0):
+    """(index, character, depth) of each `(`, `)` and `|` from `start`, skipping escapes and character
+    classes; depth counts the groups around the character (a parenthesis is outside its own group)."""
+    depth, i = 0, start
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
             i += 2
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
+        if c == "[":
+            i = _class_end(pattern, i) + 1
+            continue
+        if c == ")":
             depth -= 1
-            if depth == 0:
-                return i + 1
+        if c in "()|":
+            yield i, c, depth
+        if c == "(":
+            depth += 1
         i += 1
-    raise ValueError(f"unbalanced group in {pattern!r}")
