@@ -38,9 +38,9 @@ def korean_disguises(word: str) -> list[str]:
         whole = [r for r in latin if not any(map(is_syllable, r))]
         mixed = [r for r in latin if any(map(is_syllable, r))]
         if whole:
-            out.append(r"(?<![A-Za-z])(?:" + "|".join(map(re.escape, sorted(whole, key=len, reverse=True))) + r")(?![A-Za-z])")
+            out.append(r"(?<![A-Za-z])" + _longest_first(whole) + r"(?![A-Za-z])")
         if mixed:
-            out.append(r"(?<![A-Za-z])(?:" + "|".join(map(re.escape, sorted(mixed, key=len, reverse=True))) + r")")
+            out.append(r"(?<![A-Za-z])" + _longest_first(mixed))
     if len(syllables) >= 2:
         # split, the word standing alone (not 질병 신고, 3시 발표): every syllable apart (씨 발, 개 새 끼), or
         # something other than a space typed inside (시1발, 병.신, 죽1여버린다); not one space (개 새끼, a puppy)
@@ -48,13 +48,18 @@ def korean_disguises(word: str) -> list[str]:
         out.append(r"(?<![\w])" + r"\s+".join(syllables) + r"(?![가-힣])")
         typed_inside = rf"(?=(?:[가-힣](?:{_SEPARATORS})?){{0,{n - 2}}}[가-힣]\s*{_TYPED})"
         out.append(r"(?<![\w])" + typed_inside + f"(?:{_SEPARATORS})?".join(syllables))
-    if len(syllables) >= 2:  # one syllable masked (병○, 개○끼): not the first; X and ? only in longer words
-        for i in range(1, len(syllables)):
-            mask = "[" + re.escape(MASKS if len(syllables) >= 3 else _CLEAR_MASKS) + "]"
+        # one syllable masked (병○, 개○끼): not the first; X and ? only in longer words
+        mask = "[" + re.escape(MASKS if n >= 3 else _CLEAR_MASKS) + "]"
+        for i in range(1, n):
             out.append(r"(?<![가-힣])" + "".join(mask if j == i else s for j, s in enumerate(syllables)))
     if len(syllables) >= 3:  # initial consonants (한남충 → ㅎㄴㅊ); two-syllable ones are too ambiguous (ㅈㅈ: GG)
         out.append(r"(?<![ㄱ-ㅎ])" + "".join(jamo(s)[0] for s in syllables) + r"(?![ㄱ-ㅎ])")
     return out
+
+
+def _longest_first(spellings: list[str]) -> str:
+    """One alternation of literal spellings, longer ones tried first (so ssibal wins over ssi)."""
+    return "(?:" + "|".join(map(re.escape, sorted(spellings, key=len, reverse=True))) + ")"
 
 
 def english_masked(word: str) -> str:
