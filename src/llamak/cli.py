@@ -37,6 +37,8 @@ data_app = typer.Typer(help="Korean/English corpora on datatrove: clean (quality
 app.add_typer(data_app, name="data")
 guard_app = typer.Typer(help="The serving guard's learned prompt classifier: train it (offline, seconds) and measure the guard on labelled prompts.", no_args_is_help=True)
 app.add_typer(guard_app, name="guard")
+vocab_app = typer.Typer(help="Korean vocabulary expansion: learn Korean BPE tokens from a corpus and add them to a model (ids and non-Korean text unchanged).", no_args_is_help=True)
+app.add_typer(vocab_app, name="vocab")
 train_app = typer.Typer(help="Run one training stage from a YAML config (the same code a recipe step runs).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
@@ -156,6 +158,43 @@ def expand(
     positions = parse_int_list(after, "--after") if after is not None else None
     result = run_expand(model_path(model, "model"), out, blocks, positions, parse_size(shard_size), overwrite, progress=not quiet)
     typer.echo(f"expanded to {result.num_layers} layers (inserted after {', '.join(map(str, result.after))}): {out}")
+
+
+VOCAB_EPILOG = """Examples:
+
+    llamak vocab expand zoo:smollm2-135m-instruct --corpus 'data/ko/*.jsonl' --add 8000 --out runs/smollm2-vocab
+
+    llamak vocab expand Llama-3.1-70B --corpus 'clean/ko/*.jsonl.gz' --add 16000 --out llama-70b-ko-vocab
+
+New tokens get ids after every existing id; text without Hangul tokenises exactly as before. Train
+their rows first with `trainable: [new_embeddings]`, then `[new_embeddings, inserted]` (EEVE).
+"""
+
+
+@vocab_app.command("expand", epilog=VOCAB_EPILOG)
+def vocab_expand(
+    model: ModelArg,
+    out: OutOpt,
+    corpus: Annotated[list[str], typer.Option("--corpus", "-c", help="JSONL corpus files or globs (cleaned Korean text; repeat the flag).", show_default=False)],
+    add: Annotated[int, typer.Option("--add", "-n", help="Number of Korean tokens to learn and add (fewer if the corpus has fewer merges seen --min-frequency times).", show_default=False)],
+    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Learn only merges seen at least this often.")] = 2,
+    text_field: Annotated[str, typer.Option("--field", help="JSON field that holds the text.")] = "text",
+    shard_size: ShardOpt = "5GB",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Learn N Korean BPE tokens (continuing the model's own byte-level BPE) and grow embed_tokens/lm_head.
+
+    New input rows are the mean of the old pieces' rows, new output rows the first piece's (EEVE);
+    vocab_map.json beside the weights maps every new id to the old ids it replaces.
+    """
+    from llamak.surgery.vocab import expand_vocabulary
+
+    r = expand_vocabulary(model_path(model, "model"), corpus, out, add, min_frequency, text_field, parse_size(shard_size), overwrite, not quiet)
+    density = r.korean_chars_per_token
+    typer.echo(f"added {r.added:,} Korean tokens (ids {r.first_id:,}–{r.rows - 1:,}); Korean chars/token "
+               f"{density['before']} → {density['after']} on the corpus; {r.unchanged_checked} documents without Hangul "
+               f"tokenise as before: {out}")
 
 
 CHAT_VECTOR_EPILOG = """Examples:
