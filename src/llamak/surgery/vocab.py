@@ -137,6 +137,10 @@ class ByteLevelBPE:
         raw = json.loads(json.dumps(self.raw))
         vocab, merges = raw["model"]["vocab"], raw["model"]["merges"]
         as_strings = bool(merges) and isinstance(merges[0], str)
+        # tokenizers gives added (special) tokens missing from the model's vocabulary fresh ids after
+        # it on load; listing them there at their ids keeps them where they are (Llama-3's 128000+).
+        for added in raw.get("added_tokens") or []:
+            vocab.setdefault(added["content"], added["id"])
         for k, (left, right) in enumerate(new_merges):
             vocab[left + right] = first_id + k
             merges.append(f"{left} {right}" if as_strings else [left, right])

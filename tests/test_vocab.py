@@ -1,0 +1,138 @@
+"""Korean vocabulary expansion (`llamak vocab expand`) on tiny models with real byte-level BPE
+tokenizers: Meta's Llama-3 tokenizer and SmolLM2's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from conftest import make_llama
+from test_cli import assert_one_line_error, run
+from llamak.errors import CheckpointError, LlamakError
+from llamak.surgery.vocab import VOCAB_MAP_FILE, expand_vocabulary, only_in_hangul
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = [str(ROOT / "data/ko/*.jsonl"), str(ROOT / "data/en/general.jsonl")]
+HELDOUT = ROOT / "src/llamak/resources/eval/data"
+
+# Text in other scripts whose UTF-8 shares lead bytes with Hangul (Yi, CJK, Hangul jamo neighbours).
+OTHER_SCRIPTS = ["中文测试 日本語のテキスト", "ꀀꀁꀂ Yi syllables ꒐", "emoji 😀 and maths 𝔘𝔫𝔦", "def f(x):\n    return x ** 2  # code",
+                 "Ελληνικά, русский, עברית, ไทย", "ㄱㄴㄷ ᄀᄁ compatibility jamo"]
+
+
+def heldout(lang: str) -> list[str]:
+    return [json.loads(line)["text"] for line in (HELDOUT / f"heldout_{lang}.jsonl").read_text().splitlines()]
+
+
+def english() -> list[str]:
+    return [json.loads(line)["text"] for line in (ROOT / "data/en/general.jsonl").read_text().splitlines()]
+
+
+def chars_per_token(tokenizer, texts):
+    return sum(map(len, texts)) / sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+
+
+@pytest.fixture(scope="module")
+def llama3_expanded(tmp_path_factory, llama3_tokenizer):
+    root = tmp_path_factory.mktemp("vocab")
+    make_llama(root / "base", vocab=len(llama3_tokenizer), seed=3)
+    llama3_tokenizer.save_pretrained(root / "base")
+    result = expand_vocabulary(root / "base", CORPUS, root / "ko", add=300, progress=False)
+    return root / "base", root / "ko", result
+
+
+@pytest.fixture(scope="module")
+def smollm2_expanded(tmp_path_factory, smollm2_tokenizer):
+    root = tmp_path_factory.mktemp("vocab-smol")
+    make_llama(root / "base", vocab=len(smollm2_tokenizer), seed=4, tied=True)
+    smollm2_tokenizer.save_pretrained(root / "base")
+    result = expand_vocabulary(root / "base", CORPUS, root / "ko", add=3000, progress=False)
+    return root / "base", root / "ko", result
+
+
+@pytest.mark.parametrize("which", ["llama3_expanded", "smollm2_expanded"])
+def test_old_ids_keep_their_meaning_and_other_text_tokenises_as_before(which, request):
+    from transformers import AutoTokenizer
+
+    base, out, result = request.getfixturevalue(which)
+    old, new = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(out)
+    assert len(new) == len(old) + result.added == result.rows
+    new_vocab = new.get_vocab()
+    assert all(new_vocab[token] == i for token, i in old.get_vocab().items())  # specials included
+    assert old.chat_template == new.chat_template and old.eos_token == new.eos_token
+    for text in english() + OTHER_SCRIPTS + heldout("en"):
+        assert old(text).input_ids == new(text).input_ids, text[:40]
+    for text in heldout("ko") + OTHER_SCRIPTS:  # decoding still gives the text back
+        assert new.decode(new(text, add_special_tokens=False).input_ids) == text
+    gained = chars_per_token(new, heldout("ko")) / chars_per_token(old, heldout("ko"))
+    assert gained > (1.03 if which == "llama3_expanded" else 2.0)  # held-out Korean, not the corpus
+
+
+def test_llama3_rows_start_from_the_old_pieces_and_logits_of_old_ids_are_unchanged(llama3_expanded):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, out, result = llama3_expanded
+    vocab_map = json.loads((out / VOCAB_MAP_FILE).read_text())
+    assert vocab_map["first_new_id"] == 128256 and vocab_map["added"] == result.added == 300
+    old_w, new_w = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    embed, head = new_w["model.embed_tokens.weight"], new_w["lm_head.weight"]
+    assert embed.shape == head.shape == (128256 + 300, 32)
+    assert torch.equal(embed[:128256], old_w["model.embed_tokens.weight"])
+    assert torch.equal(head[:128256], old_w["lm_head.weight"])
+    for entry in vocab_map["tokens"][:50]:
+        pieces = entry["pieces"]
+        assert len(pieces) >= 2 and all(p < 128000 for p in pieces)
+        assert torch.allclose(embed[entry["id"]], old_w["model.embed_tokens.weight"][pieces].mean(0))
+        assert torch.equal(head[entry["id"]], old_w["lm_head.weight"][pieces[0]])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.convert_ids_to_tokens(vocab_map["tokens"][0]["id"]) == vocab_map["tokens"][0]["token"]
+
+    old_model, new_model = AutoModelForCausalLM.from_pretrained(base), AutoModelForCausalLM.from_pretrained(out)
+    ids = tokenizer(english()[0][:300], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(new_model(ids).logits[..., :128256], old_model(ids).logits)
+    lineage = json.loads((out / "llamak.json").read_text())
+    assert lineage["stage"] == "vocab" and lineage["vocabulary"]["added"] == 300
+    assert lineage["vocabulary"]["korean_chars_per_token"]["after"] > lineage["vocabulary"]["korean_chars_per_token"]["before"]
+
+
+def test_smollm2_tied_rows_are_the_mean(smollm2_expanded):
+    from transformers import AutoConfig
+
+    base, out, result = smollm2_expanded
+    new_w, old_w = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    assert "lm_head.weight" not in new_w and AutoConfig.from_pretrained(out).vocab_size == 49152 + result.added
+    entry = json.loads((out / VOCAB_MAP_FILE).read_text())["tokens"][-1]
+    assert torch.allclose(new_w["model.embed_tokens.weight"][entry["id"]], old_w["model.embed_tokens.weight"][entry["pieces"]].mean(0))
+
+
+def test_only_hangul_bytes_make_new_tokens():
+    assert only_in_hangul("한".encode())  # ED 95 9C
+    assert only_in_hangul(b"\xeb") and only_in_hangul(b" \xec\x9d")
+    assert not only_in_hangul("ꀀ".encode())  # Yi: EA 80 80 shares the lead byte EA
+    assert not only_in_hangul(b"\xea") and not only_in_hangul(b"\x95\x9c") and not only_in_hangul(b"ab")
+    assert not only_in_hangul("\ue000".encode())  # EE: private use, not Hangul
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tiny_llama):
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        expand_vocabulary(tiny_llama, CORPUS, tmp_path / "x", add=10, progress=False)
+    english_only = tmp_path / "en.jsonl"
+    english_only.write_text('{"text": "only English here"}\n')
+    assert_one_line_error(run("vocab", "expand", tiny_llama, "--corpus", english_only, "--add", "0", "--out", tmp_path / "y"), "--add 0")
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_reports_density(tmp_path, llama3_expanded):
+    base, _, _ = llama3_expanded
+    english_only = tmp_path / "en.jsonl"
+    english_only.write_text('{"text": "only English here"}\n')
+    assert_one_line_error(run("vocab", "expand", base, "--corpus", english_only, "--add", "5", "--out", tmp_path / "z"), "no Korean words")
+    result = run("vocab", "expand", base, "-c", CORPUS[0], "--add", "20", "--out", tmp_path / "ok", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "added 20 Korean tokens (ids 128,256–128,275)" in result.stdout and "chars/token" in result.stdout
+    with pytest.raises(LlamakError, match="already exists"):
+        expand_vocabulary(base, CORPUS, tmp_path / "ok", add=5, progress=False)
