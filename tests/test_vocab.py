@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from conftest import make_llama
 from test_cli import assert_one_line_error, run
 from llamak.errors import CheckpointError, LlamakError
-from llamak.surgery.vocab import VOCAB_MAP_FILE, expand_vocabulary, only_in_hangul
+from llamak.checkpoint import VOCAB_MAP_FILE
+from llamak.surgery.vocab import expand_vocabulary, only_in_hangul
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = [str(ROOT / "data/ko/*.jsonl"), str(ROOT / "data/en/general.jsonl")]
@@ -136,3 +137,66 @@ def test_cli_reports_density(tmp_path, llama3_expanded):
     assert "added 20 Korean tokens (ids 128,256–128,275)" in result.stdout and "chars/token" in result.stdout
     with pytest.raises(LlamakError, match="already exists"):
         expand_vocabulary(base, CORPUS, tmp_path / "ok", add=5, progress=False)
+
+
+# --------------------------------------------------------------------------- training the new rows
+
+
+def korean_corpus(tmp_path):
+    path = tmp_path / "ko.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in heldout("ko")[:6]))
+    return str(path)
+
+
+def test_new_embeddings_train_only_the_added_rows_then_with_inserted_blocks(llama3_expanded, tmp_path):
+    from helpers import expand_with_tokenizer, state
+
+    from llamak.train import cpt
+    from llamak.train.cpt import CptConfig
+
+    _, vocab_model, result = llama3_expanded
+    first = result.first_id
+    fields = dict(corpus={"ko": [korean_corpus(tmp_path)]}, max_steps=2, seq_len=64, batch_size=2, save_steps=50, learning_rate=1e-2)
+    # EEVE's schedule as two stages: the new rows alone, then the new rows and the inserted blocks
+    cpt.run_cpt(CptConfig(**fields, trainable="new_embeddings"), vocab_model, tmp_path / "rows")
+    before, after = state(vocab_model), state(tmp_path / "rows")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+    for name in changed:
+        assert torch.equal(before[name][:first], after[name][:first])  # the old vocabulary: bit-identical
+        assert not torch.equal(before[name][first:], after[name][first:])
+    assert (tmp_path / "rows" / VOCAB_MAP_FILE).is_file()  # travels with the model
+
+    expanded = expand_with_tokenizer(tmp_path / "rows", tmp_path / "expanded")
+    metrics = cpt.run_cpt(CptConfig(**fields, trainable=["new_embeddings", "inserted"]), expanded, tmp_path / "both")
+    before, after = state(expanded), state(tmp_path / "both")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"model.embed_tokens.weight", "lm_head.weight"} < changed
+    assert all(k.startswith(("model.layers.2.", "model.layers.5.")) for k in changed - {"model.embed_tokens.weight", "lm_head.weight"})
+    assert torch.equal(before["lm_head.weight"][:first], after["lm_head.weight"][:first])
+    assert metrics["trainable_parameters"] == 2 * result.added * 32 + 2 * sum(before[k].numel() for k in before if k.startswith("model.layers.2."))
+
+
+def test_new_embeddings_with_lora_and_bad_combinations(llama3_expanded, llama3_pair, tmp_path):
+    from helpers import state
+    from pydantic import ValidationError
+
+    from llamak.train import cpt
+    from llamak.train.cpt import CptConfig
+
+    _, vocab_model, result = llama3_expanded
+    fields = dict(corpus={"ko": [korean_corpus(tmp_path)]}, max_steps=2, seq_len=64, batch_size=2, save_steps=50, learning_rate=1e-2)
+    cpt.run_cpt(CptConfig(**fields, trainable=["lora", "new_embeddings"]), vocab_model, tmp_path / "lora")
+    before, after = state(vocab_model), state(tmp_path / "lora")
+    embed = "model.embed_tokens.weight"
+    assert torch.equal(before[embed][: result.first_id], after[embed][: result.first_id])
+    assert not torch.equal(before[embed][result.first_id :], after[embed][result.first_id :])
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+
+    for bad, needle in [(["all", "lora"], "give it alone"), (["inserted", "lora"], "only_inserted"), ("embeddings", "unknown part")]:
+        with pytest.raises(ValidationError, match=needle):
+            CptConfig(**fields, trainable=bad)
+    with pytest.raises(LlamakError, match="no added tokens"):
+        cpt.run_cpt(CptConfig(**fields, trainable="new_embeddings"), llama3_pair[0], tmp_path / "x")
+    with pytest.raises(LlamakError, match="weight_decay: 0"):
+        cpt.run_cpt(CptConfig(**fields, trainable="new_embeddings", weight_decay=0.1), vocab_model, tmp_path / "y")

@@ -20,6 +20,7 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 # Fields that must agree for two checkpoints to be combined tensor by tensor.
 ARCHITECTURE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack")
+VOCAB_MAP_FILE = "vocab_map.json"  # written by `llamak vocab expand`; travels with the side files
 NOT_COPIED = {"config.json", "model.safetensors.index.json", "llamak.json", "pytorch_model.bin.index.json"}
 
 
@@ -62,6 +63,18 @@ class ModelDir:
     @property
     def is_expanded(self) -> bool:
         return any(e["origin"] == "inserted" for e in self.layer_map)
+
+    @property
+    def new_token_ids(self) -> range | None:
+        """Ids added by a vocabulary expansion (`vocab_map.json`), or None for an original vocabulary."""
+        path = self.path / VOCAB_MAP_FILE
+        if not path.is_file():
+            return None
+        vocab_map = read_json_object(path)
+        try:
+            return range(int(vocab_map["first_new_id"]), int(vocab_map["first_new_id"]) + int(vocab_map["added"]))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: expected first_new_id and added (written by `llamak vocab expand`)") from None
 
     def reader(self) -> CheckpointReader:
         return CheckpointReader(self.path)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from llamak.errors import LlamakError
-from llamak.shape import Shape
+from llamak.shape import Shape, trainable_parts
 from llamak.train.sharding import SHARDED, check_sequence_parallel
 
 GB = 1e9
@@ -139,11 +139,15 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
                 raise LlamakError(f"{here}: {e}".replace("--blocks", "field 'blocks'").replace("--after", "field 'after'")) from None
             made = replace(shape, layers=shape.layers + len(after), inserted=shape.inserted + len(after))
             notes.append(f"+{len(after)} blocks after layers {_ranges(after)}")
+        elif stage.type == "vocab":
+            made = replace(shape, vocab=shape.vocab + cfg.add, added_tokens=shape.added_tokens + cfg.add)
+            notes.append(f"+{cfg.add:,} Korean tokens at most (vocab {shape.vocab:,} → {made.vocab:,})")
         elif stage.type == "chat_vector":
             base, instruct = shape_of(cfg.base or "base", f"{here}: base"), shape_of(cfg.instruct or "instruct", f"{here}: instruct")
             if _width(base) != _width(instruct) or base.layers != instruct.layers:
                 raise LlamakError(f"{here}: base and instruct differ in shape ({_describe(base)} vs {_describe(instruct)})")
-            if _width(shape) != _width(base) or shape.original_layers != base.original_layers:
+            # an expanded vocabulary is fine: its old rows get the vector, the new ones none
+            if _width(shape)[:-1] != _width(base)[:-1] or shape.vocab < base.vocab or shape.original_layers != base.original_layers:
                 raise LlamakError(f"{here}: model {input_ref!r} ({_describe(shape)}) is not the base's shape or an expansion of it ({_describe(base)})")
         elif stage.type == "merge":
             refs = cfg.model_refs()
@@ -154,8 +158,11 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
                     raise LlamakError(f"{here}: models {first_ref!r} ({_describe(first)}) and {ref!r} ({_describe(other)}) do not share a shape")
             made = first
         elif STAGES[stage.type].trains:
-            if getattr(cfg, "trainable", None) == "inserted" and shape.inserted == 0:
+            parts = trainable_parts(cfg.trainable)
+            if "inserted" in parts and shape.inserted == 0:
                 raise LlamakError(f"{here}: field 'trainable': 'inserted' needs an expanded input, and {input_ref!r} has no inserted blocks")
+            if "new_embeddings" in parts and shape.added_tokens == 0 and not _has_vocab_map(input_ref, recipe):
+                raise LlamakError(f"{here}: field 'trainable': 'new_embeddings' needs a vocab stage before it; {input_ref!r} has no added tokens")
             longest = _sequence(stage)
             if shape.max_positions and longest > shape.max_positions and not getattr(cfg, "rope_parameters", None) and not getattr(cfg, "rope_theta", None):
                 raise LlamakError(f"{here}: sequences of {longest} tokens exceed the model's max_position_embeddings "
@@ -185,6 +192,18 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
             notes.append(f"launched: {r.launch.world_size} processes ({r.launch.processes} × {r.launch.nodes} nodes), {r.launch.sharding}")
         out.append(StageShape(stage.name, stage.type, input_ref, made, shape, notes))
     return out
+
+
+def _has_vocab_map(ref: str, recipe) -> bool:
+    """An external input (base, a path) that was expanded outside this recipe."""
+    from llamak.checkpoint import VOCAB_MAP_FILE
+    from llamak.zoo import resolve_model
+
+    target = {"base": recipe.base, "instruct": recipe.instruct}.get(ref, ref)
+    try:
+        return (resolve_model(target) / VOCAB_MAP_FILE).is_file()
+    except LlamakError:
+        return False
 
 
 def _width(s: Shape) -> tuple:
@@ -332,7 +351,7 @@ def plan_stage(stage, sized: StageShape, hw: Hardware, launch) -> StagePlan:
     row = StagePlan(sized.name, sized.type, notes=list(sized.notes))
     shape = sized.shape or sized.input_shape
     row.layers, row.params = shape.layers, shape.total
-    if sized.type in ("expand", "chat_vector", "merge"):
+    if sized.type in ("vocab", "expand", "chat_vector", "merge"):
         row.disk_gb = BF16 * shape.total / GB
         row.notes.append("streams tensors on CPU: no GPU")
         return row

@@ -65,6 +65,29 @@ class ExpandStage(StageFields):
     shard_size: str = "5GB"
 
 
+class VocabStage(StageFields):
+    """Korean vocabulary expansion: `{data: clean, add: 8000}` learns from a `data` stage's cleaned
+    documents, `{corpus: [ko/*.jsonl], add: 8000}` from files."""
+
+    data: str | None = None
+    corpus: list[str] | None = None
+    add: int = Field(gt=0)
+    min_frequency: int = Field(2, ge=1)
+    text_field: str = "text"
+    shard_size: str = "5GB"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.data is None) == (self.corpus is None):
+            raise ValueError("give exactly one of `data` (a data stage's cleaned documents) or `corpus` (file globs)")
+        return self
+
+    def data_files(self) -> list[Path]:
+        from llamak.files import expand_globs
+
+        return expand_globs(self.corpus, "vocab.corpus") if self.corpus else []
+
+
 class ChatVectorStage(StageFields):
     ratio: float = 1.0
     inserted: Literal["skip", "copy"] = "skip"
@@ -245,6 +268,16 @@ def _run_expand(cfg: ExpandStage, model: Path, out: Path, ctx: RunContext) -> di
     return {"after": result.after, "num_layers": result.num_layers}
 
 
+def _run_vocab(cfg: VocabStage, model: Path, out: Path, ctx: RunContext) -> dict:
+    from llamak.surgery.vocab import expand_vocabulary
+    from llamak.units import parse_size
+
+    corpus = cfg.corpus or [str(ctx.run_dir / cfg.data / "clean" / "documents" / "*")]
+    result = expand_vocabulary(model, corpus, out, cfg.add, cfg.min_frequency, cfg.text_field, parse_size(cfg.shard_size, "shard_size"),
+                               overwrite=True)
+    return {"added": result.added, "first_id": result.first_id, "korean_chars_per_token": result.korean_chars_per_token, "notes": result.notes}
+
+
 def _run_chat_vector(cfg: ChatVectorStage, model: Path, out: Path, ctx: RunContext) -> dict:
     from llamak.surgery.chat_vector import chat_vector
     from llamak.units import parse_size
@@ -364,6 +397,7 @@ def _run_sft(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
 
 STAGES: dict[str, StageType] = {
     "data": StageType(lambda: DataStage, _run_data, makes_model=False),
+    "vocab": StageType(lambda: VocabStage, _run_vocab, refs=lambda c: [("packed", c.data)] if c.data else []),
     "expand": StageType(lambda: ExpandStage, _run_expand),
     "chat_vector": StageType(
         lambda: ChatVectorStage, _run_chat_vector, refs=lambda c: [("base", c.base or "base"), ("instruct", c.instruct or "instruct")]

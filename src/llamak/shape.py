@@ -11,6 +11,22 @@ from dataclasses import dataclass
 from llamak.errors import LlamakError
 
 
+TRAINABLE_PARTS = ("all", "inserted", "lora", "new_embeddings")
+
+
+def trainable_parts(value: str | list[str]) -> frozenset[str]:
+    """The parts a stage trains: `inserted`, `[new_embeddings, inserted]`, … (validated)."""
+    parts = frozenset([value] if isinstance(value, str) else value)
+    unknown = sorted(parts - set(TRAINABLE_PARTS))
+    if unknown or not parts:
+        raise ValueError(f"unknown part {unknown[0] if unknown else '(none)'!r}: expected one or more of {', '.join(TRAINABLE_PARTS)}")
+    if "all" in parts and len(parts) > 1:
+        raise ValueError("`all` already trains everything: give it alone")
+    if {"lora", "inserted"} <= parts:
+        raise ValueError("lora with inserted: use trainable: lora with lora.only_inserted: true")
+    return parts
+
+
 @dataclass(frozen=True)
 class Shape:
     layers: int
@@ -24,6 +40,7 @@ class Shape:
     max_positions: int
     inserted: int = 0  # LLaMA-Pro blocks among `layers`
     original_layers: int = 0  # layers of the model before any expansion
+    added_tokens: int = 0  # rows added by a vocabulary expansion (the end of `vocab`)
 
     @classmethod
     def from_config(cls, config: dict, inserted: int = 0, original_layers: int | None = None) -> "Shape":
@@ -57,8 +74,13 @@ class Shape:
     def total(self) -> int:
         return self.layers * self.per_layer + self.embedding * (1 if self.tied else 2) + self.hidden
 
-    def trainable(self, mode: str, lora_rank: int = 16, lora_modules: int = 7) -> int:
-        """Parameters with gradients: all, the inserted blocks, or LoRA adapters on every layer."""
+    def trainable(self, mode: str | list[str], lora_rank: int = 16, lora_modules: int = 7) -> int:
+        """Parameters with gradients: all, the inserted blocks, LoRA adapters on every layer, the rows
+        of added tokens (`new_embeddings`), or a list of these."""
+        if not isinstance(mode, str):
+            return sum(self.trainable(part, lora_rank, lora_modules) for part in mode)
+        if mode == "new_embeddings":
+            return self.added_tokens * self.hidden * (1 if self.tied else 2)
         if mode == "all":
             return self.total
         if mode == "inserted":
@@ -68,5 +90,5 @@ class Shape:
             dims = [(self.hidden, q_out), (self.hidden, kv_out), (self.hidden, kv_out), (q_out, self.hidden),
                     (self.hidden, self.intermediate), (self.hidden, self.intermediate), (self.intermediate, self.hidden)]
             return self.layers * sum(lora_rank * (i + o) for i, o in dims[:lora_modules])
-        raise LlamakError(f"trainable {mode!r}: expected all, inserted or lora")
+        raise LlamakError(f"trainable {mode!r}: expected all, inserted, lora or new_embeddings")
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from llamak.checkpoint import ModelDir, copy_side_files, write_config
+from llamak.checkpoint import VOCAB_MAP_FILE, ModelDir, copy_side_files, write_config
 from llamak.errors import CheckpointError, LlamakError
 from llamak.files import expand_globs, read_jsonl
 from llamak.lineage import atomic_output, make_lineage, write_lineage
@@ -51,7 +51,6 @@ log = logging.getLogger("llamak")
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
-VOCAB_MAP_FILE = "vocab_map.json"
 KOREAN_WORD = re.compile(r"^ ?[\uac00-\ud7a3]+$")  # a pre-token of Hangul syllables, maybe after a space
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 SYMBOL_BASE = 0xF0000  # supplementary private-use planes: one symbol per old token, never in text

@@ -16,14 +16,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from llamak.checkpoint import ModelDir
+from llamak.checkpoint import VOCAB_MAP_FILE, ModelDir
 from llamak.errors import LlamakError
 from llamak.files import expand_globs, read_jsonl  # noqa: F401 (the training stages import them from here)
 from llamak.lineage import LayerMap, atomic_output, content_hash, file_fingerprint, inserted_layers, make_lineage, write_lineage
+from llamak.shape import trainable_parts
 from llamak.train.sharding import DEEPSPEED, SHARDED, current_sharding, load_dtype, trainer_fields, upcast_trainable
 
 log = logging.getLogger("llamak")
@@ -35,6 +36,15 @@ STATE_FILE = "llamak_stage.json"
 # Fields llamak sets from the stage itself; overriding them through `trainer:` would break
 # resume (output_dir), packing without truncation, or the assistant-only loss.
 RESERVED_TRAINER_FIELDS = {"output_dir", "max_steps", "max_length", "packing", "packing_strategy", "assistant_only_loss", "dataset_text_field"}
+
+
+def _normalise_trainable(value: str | list[str]) -> str | list[str]:
+    parts = trainable_parts(value)
+    return next(iter(parts)) if len(parts) == 1 else sorted(parts)
+
+
+# A stage's `trainable:` — one part or a list of them (e.g. EEVE's `[new_embeddings, inserted]`).
+Trainable = Annotated[str | list[str], AfterValidator(_normalise_trainable)]
 
 
 class LoraSettings(BaseModel):
@@ -131,13 +141,13 @@ def load_zero3(source: ModelDir, dtype, config=None):
     return model.eval()
 
 
-def build_model(source: ModelDir, args, mode: Literal["inserted", "all", "lora"], settings: TrainSettings, config=None):
+def build_model(source: ModelDir, args, mode: str | list[str], settings: TrainSettings, config=None):
     """The trainable model of a stage: loaded by `load_model`, its trainable part chosen by `mode`,
     trainable parameters upcast to float32 when replicated from a bf16 checkpoint. Returns
     (model, {trainable, total, share, load dtype, sharding})."""
     model = load_model(source, args, config)
     loaded = str(next(model.parameters()).dtype).removeprefix("torch.")
-    model, params = prepare_trainable(model, mode, settings, source.layer_map)
+    model, params = prepare_trainable(model, mode, settings, source.layer_map, source.new_token_ids)
     if current_sharding() not in SHARDED:
         upcast_trainable(model)
     return model, {**params, "load_dtype": loaded, "sharding": current_sharding()}
@@ -151,21 +161,41 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(numel(p) for p in model.parameters())
 
 
-def freeze_all_but_inserted(model, layer_map: LayerMap) -> list[int]:
-    """Train only the inserted blocks named by the layer map; embeddings, norms, lm_head stay frozen."""
+def unfreeze_inserted(model, layer_map: LayerMap) -> list[int]:
+    """Train the inserted blocks named by the layer map (the caller froze the rest)."""
     inserted = inserted_layers(layer_map)
     if not inserted:
         raise LlamakError(
             "trainable: inserted, but the model has no inserted blocks in its layer map "
             "(run an expand stage first, or use trainable: all)"
         )
-    model.requires_grad_(False)
     for k in inserted:
         model.model.layers[k].requires_grad_(True)
     return inserted
 
 
-def add_lora(model, lora: LoraSettings, layer_map: LayerMap):
+def zero_old_rows(grad, first_new_id: int):
+    """The gradient of an embedding matrix with the rows of the original vocabulary zeroed."""
+    grad = grad.clone()
+    grad[:first_new_id] = 0
+    return grad
+
+
+def unfreeze_new_embeddings(model, new_ids: range, modules=None) -> int:
+    """Train only the rows of the added tokens in embed_tokens and lm_head (one matrix when tied).
+
+    The old rows get a zero gradient, so Adam moves them by exactly 0 (its update is m/(√v+ε) with
+    m = v = 0) and they stay bit-identical; weight decay would still shrink them, so it is refused."""
+    first = new_ids.start
+    modules = modules or (model.get_input_embeddings(), model.get_output_embeddings())
+    matrices = {id(m.weight): m.weight for m in modules if m is not None}
+    for weight in matrices.values():
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, first=first: zero_old_rows(grad, first))
+    return sum(first * w.shape[1] for w in matrices.values())  # parameters with a gradient that is always 0
+
+
+def add_lora(model, lora: LoraSettings, layer_map: LayerMap, new_ids: range | None = None):
     from peft import LoraConfig, get_peft_model
 
     layers = None
@@ -179,18 +209,41 @@ def add_lora(model, lora: LoraSettings, layer_map: LayerMap):
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         layers_to_transform=layers,
+        # new_embeddings with LoRA: peft trains just these rows of embed_tokens (merged at the end);
+        # peft cannot do that on a Linear lm_head, so an untied head gets the row mask instead
+        trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    head = model.get_output_embeddings()
+    untied_head = new_ids and head is not None and head.weight is not model.get_input_embeddings().weight
+    model = get_peft_model(model, config)
+    if untied_head:
+        unfreeze_new_embeddings(model, new_ids, [head])
+    return model
 
 
-def prepare_trainable(model, mode: Literal["inserted", "all", "lora"], settings: TrainSettings, layer_map: LayerMap):
-    """Apply the stage's trainable mode; log and return (model, {trainable, total, share})."""
-    if mode == "inserted":
-        freeze_all_but_inserted(model, layer_map)
-    elif mode == "lora":
-        model = add_lora(model, settings.lora, layer_map)
+def prepare_trainable(model, mode: str | list[str], settings: TrainSettings, layer_map: LayerMap, new_ids: range | None = None):
+    """Apply the stage's trainable parts; log and return (model, {trainable, total, share})."""
+    parts = trainable_parts(mode)
+    masked = 0
+    if "new_embeddings" in parts:
+        if not new_ids:
+            raise LlamakError("trainable: new_embeddings, but the model has no added tokens (no vocab_map.json: run a vocab stage first)")
+        if settings.weight_decay:
+            raise LlamakError("trainable: new_embeddings needs weight_decay: 0 (decay would move the frozen rows of the old vocabulary)")
+        if current_sharding() in SHARDED:
+            raise LlamakError(f"trainable: new_embeddings under {current_sharding()} is not supported yet (its row mask needs whole "
+                              "embedding gradients); use ddp or none")
+    if "lora" in parts:
+        model = add_lora(model, settings.lora, layer_map, new_ids if "new_embeddings" in parts else None)
+    elif "all" not in parts:
+        model.requires_grad_(False)
+        if "inserted" in parts:
+            unfreeze_inserted(model, layer_map)
+        if "new_embeddings" in parts:
+            masked = unfreeze_new_embeddings(model, new_ids)
     trainable, total = count_parameters(model)
+    trainable -= masked
     log.info("trainable parameters: %s of %s (%.2f%%, mode %s)", f"{trainable:,}", f"{total:,}", 100 * trainable / total, mode)
     return model, {"trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total}
 
@@ -372,6 +425,8 @@ def train_and_save(trainer, source: ModelDir, tokenizer, out: Path, checkpoints:
             else:
                 model.save_pretrained(tmp, state_dict=full_state)
             tokenizer.save_pretrained(tmp)
+            if (source.path / VOCAB_MAP_FILE).is_file():
+                shutil.copy2(source.path / VOCAB_MAP_FILE, tmp / VOCAB_MAP_FILE)
             layer_map = source.layer_map if source.is_expanded else None
             write_lineage(tmp, make_lineage(stage, args, inputs, layer_map, metrics=metrics))
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -20,13 +20,12 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
 from llamak.checkpoint import ModelDir
-from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
+from llamak.train.common import Trainable, TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -35,7 +34,7 @@ class CptConfig(TrainSettings):
     """A CPT stage: `corpus` maps a language to file globs (.jsonl/.jsonl.gz with `text`, or .txt),
     or `packed` names a folder of `llamak data pack` shards."""
 
-    trainable: Literal["inserted", "all", "lora"] = "inserted"
+    trainable: Trainable = "inserted"
     corpus: dict[str, list[str]] | None = Field(None, min_length=1)
     packed: str | None = None
     mix: dict[str, float] | None = None  # token share per language, e.g. {ko: 0.5, en: 0.5}; default: as found

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
 from llamak.checkpoint import ModelDir
-from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_model, load_tokenizer, read_jsonl, run_training
+from llamak.train.common import Trainable, TrainSettings, build_config, build_model, expand_globs, load_model, trainable_parts, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -37,7 +36,7 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 class DpoConfig(TrainSettings):
     """A DPO stage. `dataset`: JSONL globs with prompt/chosen/rejected."""
 
-    trainable: Literal["all", "lora", "inserted"] = "all"
+    trainable: Trainable = "all"
     dataset: list[str] = Field(min_length=1)
     beta: float = Field(0.1, gt=0)
     loss_type: list[str] = ["sigmoid"]
@@ -59,7 +58,7 @@ class DpoConfig(TrainSettings):
     def _weights_match(self):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_type)} loss types")
-        if self.reference and self.trainable == "lora":
+        if self.reference and "lora" in trainable_parts(self.trainable):
             raise ValueError("reference: with trainable: lora the reference is the model without its adapters")
         return self
 
@@ -115,7 +114,7 @@ def make_trainer(config: DpoConfig, model_dir: Path, checkpoints: Path, referenc
     )
     model, params = build_model(source, args, config.trainable, config)
     ref_model = None
-    if config.trainable != "lora" and (reference or not config.precompute_ref_log_probs):
+    if "lora" not in trainable_parts(config.trainable) and (reference or not config.precompute_ref_log_probs):
         ref_model = load_model(ModelDir.open(reference or model_dir, role="reference"), args)
         ref_model.requires_grad_(False).eval()
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)

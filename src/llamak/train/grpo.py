@@ -35,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from llamak.errors import LlamakError
 from llamak.checkpoint import ModelDir
-from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
+from llamak.train.common import Trainable, TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 from llamak.train.dpo import is_chat
 
 log = logging.getLogger("llamak")
@@ -44,7 +44,7 @@ log = logging.getLogger("llamak")
 class GrpoConfig(TrainSettings):
     """A GRPO stage. `dataset`: JSONL globs with `prompt`; `rewards`: name → weight."""
 
-    trainable: Literal["all", "lora", "inserted"] = "all"
+    trainable: Trainable = "all"
     dataset: list[str] = Field(min_length=1)
     rewards: dict[str, float] = Field(min_length=1)
     reward_params: dict[str, dict] = Field(default_factory=dict)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llamak.train.common import TrainSettings
+from llamak.train.common import Trainable, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class ProbeOptions(BaseModel):
 class LongpoConfig(TrainSettings):
     """A LongPO training stage on `llamak longpo synth` output (`pairs.jsonl` or its folder)."""
 
-    trainable: Literal["all", "lora", "inserted"] = "all"
+    trainable: Trainable = "all"
     pairs: str | None = None  # a `llamak longpo synth` folder or its pairs.jsonl
     synth: SynthOptions | None = None  # or: synthesise pairs with the input model first
     probes: ProbeOptions | None = None

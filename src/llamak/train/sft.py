@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -27,7 +26,7 @@ from llamak.chat_template import (
 )
 from llamak.errors import LlamakError
 from llamak.checkpoint import ModelDir
-from llamak.train.common import TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
+from llamak.train.common import Trainable, TrainSettings, build_config, build_model, expand_globs, load_tokenizer, read_jsonl, run_training
 
 log = logging.getLogger("llamak")
 
@@ -35,7 +34,7 @@ log = logging.getLogger("llamak")
 class SftConfig(TrainSettings):
     """An SFT stage. `dataset`: JSONL globs with a `messages` column."""
 
-    trainable: Literal["all", "lora", "inserted"] = "all"
+    trainable: Trainable = "all"
     dataset: list[str] = Field(min_length=1)
     packing: bool = True
     learning_rate: float = Field(2e-5, gt=0)
