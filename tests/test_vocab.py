@@ -200,3 +200,21 @@ def test_new_embeddings_with_lora_and_bad_combinations(llama3_expanded, llama3_p
         cpt.run_cpt(CptConfig(**fields, trainable="new_embeddings"), llama3_pair[0], tmp_path / "x")
     with pytest.raises(LlamakError, match="weight_decay: 0"):
         cpt.run_cpt(CptConfig(**fields, trainable="new_embeddings", weight_decay=0.1), vocab_model, tmp_path / "y")
+
+
+def test_chat_vector_from_the_original_vocabulary_onto_the_expanded_model(llama3_pair, tmp_path):
+    from llamak.surgery.chat_vector import chat_vector
+
+    base, instruct = llama3_pair
+    target = expand_vocabulary(base, CORPUS, tmp_path / "ko", add=40, progress=False)
+    result = chat_vector(base, instruct, target.out, tmp_path / "cv", ratio=0.5, progress=False)
+    b, i, t, o = (load_file(p / "model.safetensors") for p in (base, instruct, target.out, tmp_path / "cv"))
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        rows = b[name].shape[0]
+        assert o[name].shape == t[name].shape == (rows + 40, 32)
+        assert torch.allclose(o[name][:rows], t[name][:rows] + 0.5 * (i[name] - b[name]))
+        assert torch.equal(o[name][rows:], t[name][rows:])  # added rows: no vector
+    layer = "model.layers.1.mlp.up_proj.weight"
+    assert torch.allclose(o[layer], t[layer] + 0.5 * (i[layer] - b[layer]))
+    assert result.added == len(t) and any("added rows kept" in n for n in result.notes)
+    assert (tmp_path / "cv" / VOCAB_MAP_FILE).is_file() and len(json.loads((tmp_path / "cv" / "tokenizer.json").read_text())["model"]["merges"]) > 280000

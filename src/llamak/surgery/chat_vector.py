@@ -54,6 +54,15 @@ def add_chat_vector(target: torch.Tensor, base: torch.Tensor, instruct: torch.Te
     return out
 
 
+def add_chat_vector_rows(target: torch.Tensor, base: torch.Tensor, instruct: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Chat vector on the first rows of an expanded-vocabulary matrix: the base vocabulary's rows get
+    ratio·(instruct − base), the rows of added tokens stay as they are."""
+    out = target.clone()
+    rows = base.shape[0]
+    out[:rows] = add_chat_vector(target[:rows], base, instruct, ratio)
+    return out
+
+
 def is_embedding(name: str) -> bool:
     return name in (EMBED, LM_HEAD) or name.endswith(("embed_tokens.weight", "lm_head.weight"))
 
@@ -139,7 +148,15 @@ def plan_chat_vector(
             missing = "--base" if b_name is None else "--instruct"
             raise ArchitectureMismatch(f"{missing} has no tensor {source_name} (needed for target tensor {name})")
         shapes = {spec.shape, b_reader.spec(b_name).shape, i_reader.spec(i_name).shape}
-        if len(shapes) > 1:
+        base_rows = b_reader.spec(b_name).shape[0]
+        new_ids = target.new_token_ids
+        if (len(shapes) == 2 and is_embedding(name) and b_reader.spec(b_name).shape == i_reader.spec(i_name).shape
+                and new_ids is not None and new_ids.start >= base_rows and spec.shape[1:] == b_reader.spec(b_name).shape[1:]):
+            # an expanded vocabulary (vocab_map.json): ids below base_rows are the base's tokens
+            fn = add_chat_vector_rows
+            result.notes.append(f"{name}: chat vector on the {base_rows:,} rows of the original vocabulary; "
+                                f"{spec.shape[0] - base_rows:,} added rows kept from the target")
+        elif len(shapes) > 1:
             if is_embedding(name):
                 skipped_embeddings.append(name)
                 plan.append(PlannedTensor(spec, Copy("target", name)))
@@ -148,12 +165,9 @@ def plan_chat_vector(
             raise ArchitectureMismatch(
                 f"tensor {name}: shapes differ between target, base and instruct ({sorted(shapes)})"
             )
-        plan.append(
-            PlannedTensor(
-                spec,
-                Compute(add_chat_vector, (("target", name), ("base", b_name), ("instruct", i_name)), {"ratio": ratio}),
-            )
-        )
+        else:
+            fn = add_chat_vector
+        plan.append(PlannedTensor(spec, Compute(fn, (("target", name), ("base", b_name), ("instruct", i_name)), {"ratio": ratio})))
         result.added += 1
     if skipped_embeddings:
         note = (
