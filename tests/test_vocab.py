@@ -218,3 +218,40 @@ def test_chat_vector_from_the_original_vocabulary_onto_the_expanded_model(llama3
     assert torch.allclose(o[layer], t[layer] + 0.5 * (i[layer] - b[layer]))
     assert result.added == len(t) and any("added rows kept" in n for n in result.notes)
     assert (tmp_path / "cv" / VOCAB_MAP_FILE).is_file() and len(json.loads((tmp_path / "cv" / "tokenizer.json").read_text())["model"]["merges"]) > 280000
+
+
+def test_bits_per_char_is_the_text_likelihood_over_its_characters(llama3_expanded):
+    import math
+
+    from lm_eval.models.huggingface import HFLM
+
+    from llamak.evaluate.bits import heldout_texts, run_bits_suite
+    from llamak.generation import make_generator
+
+    base, out, _ = llama3_expanded
+    results = {}
+    for model_dir in (base, out):
+        generator = make_generator(model_dir, "hf", 2)
+        try:
+            # one window per paragraph (the tiny model's config says 256 positions; lm-eval would cut there)
+            lm = HFLM(pretrained=generator.model, tokenizer=generator.tokenizer, batch_size=2, max_length=2048)
+            results[model_dir] = run_bits_suite(lm, generator, ["ko", "en"], limit=2, seed=0, max_new_tokens=4)
+        finally:
+            generator.close()
+    # by hand: −Σ log p(token | BOS, earlier tokens) of the two Korean paragraphs, over their characters
+    generator = make_generator(base, "hf", 2)
+    total = 0.0
+    with torch.no_grad():
+        for text in heldout_texts("ko", 2):
+            ids = generator.tokenizer(text, return_tensors="pt").input_ids  # BOS + the text
+            logprobs = generator.model(ids).logits[0, :-1].log_softmax(-1)
+            total += logprobs.gather(1, ids[0, 1:, None]).sum().item()
+    generator.close()
+    expected = -total / math.log(2) / sum(map(len, heldout_texts("ko", 2)))
+    ko = results[base]["languages"]["ko"]
+    assert ko["bits_per_char"] == pytest.approx(expected, rel=1e-4)
+    assert ko["bits_per_byte"] == pytest.approx(expected * ko["chars"] / len("".join(heldout_texts("ko", 2)).encode()), rel=1e-4)
+    # English tokenises the same in both: same bits; Korean is denser after the expansion
+    assert results[out]["languages"]["en"]["bits_per_char"] == pytest.approx(results[base]["languages"]["en"]["bits_per_char"], abs=0.05)
+    assert results[out]["languages"]["ko"]["chars_per_token"] > ko["chars_per_token"]
+    assert 0 <= results[base]["korean_answers"]["share"] <= 1 and results[base]["tasks"]["ko_answers_in_korean"]["n"] == 2

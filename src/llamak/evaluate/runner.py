@@ -64,6 +64,11 @@ def evaluate_model(model_dir: Path, suite_names: list[str], settings: EvalSettin
 
                 results["long"] = run_long_suite(get_generator(), settings.lengths, settings.depths, settings.samples, settings.langs,
                                                  out_dir=out_dir, seed=settings.seed, progress=progress, max_new_tokens=settings.max_new_tokens)
+            elif spec.name == "bits":
+                from llamak.evaluate.bits import run_bits_suite
+
+                results["bits"] = run_bits_suite(get_lm(), get_generator(), settings.langs, settings.limit, settings.seed,
+                                                 settings.max_new_tokens, out_dir)
             elif spec.name == "safety":
                 from llamak.evaluate.safety import run_safety_suite
 
@@ -114,7 +119,11 @@ def summary_lines(results: dict) -> list[str]:
     """A few terminal lines per suite."""
     lines = []
     for name, r in results.items():
-        if name == "long":
+        if name == "bits":
+            langs = "  ".join(f"{lang} {r['bits_per_char']:.3f} bits/char ({r['chars_per_token']:.2f} chars/token)" for lang, r in r["languages"].items())
+            answers = f"  Korean answers {r['korean_answers']['share']:.2f}" if r["korean_answers"] else ""
+            lines.append(f"bits       {langs}{answers}")
+        elif name == "long":
             lines.append(f"long       accuracy {r['accuracy']:.3f} over {sum(c['samples'] for c in r['cells'])} probes")
         elif name == "safety":
             ref, bias = r["refusal"], r["bias"]
