@@ -129,6 +129,9 @@ def test_70b_recipe_dry_run_offline_and_plan(tmp_path, monkeypatch):
         ("  - expand: {blocks: 2}\n  - merge: {method: slerp, models: [base, expand], t: 0.5}", "stage 2 (merge): models 'base' (4 layers"),
         ("  - expand: {after: [9]}", "stage 1 (expand): field 'after' 9: layer indices must be in 0..3"),
         ("  - sft: {dataset: [data/sft/*.jsonl], sequence: 5}", "stage 1 (sft): field 'sequence': Extra inputs are not permitted"),
+        ("  - cpt: {trainable: new_embeddings, corpus: {ko: [data/ko/*.jsonl]}}", "stage 1 (cpt): field 'trainable': 'new_embeddings' needs a vocab stage"),
+        ("  - vocab: {add: 10, data: x, corpus: [data/ko/*.jsonl]}", "stage 1 (vocab)"),
+        ("  - expand: {blocks: 2}\n  - vocab: {add: 10, data: expand}", "stage 2 (vocab): data 'expand' must name a `data` stage"),
         ("  - longpo: {synth: {documents: [data/ko/*.jsonl]}, sequence_parallel: 3, launch: {processes: 3, sharding: zero3}}",
          "stage 1 (longpo): field 'sequence_parallel': 3 must divide the model's 4 attention heads"),
         ("  - longpo: {synth: {documents: [data/ko/*.jsonl]}, sequence_parallel: 2, launch: {processes: 3, sharding: zero3}}",
@@ -182,6 +185,16 @@ def test_shape_trainable_modes():
     assert shape.trainable("lora", 16) == 4 * 16 * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h))
     with pytest.raises(LlamakError):
         shape.trainable("half")
+    grown = Shape.from_config({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                               "num_key_value_heads": 2, "vocab_size": 130}, inserted=1)
+    grown = type(grown)(**{**grown.__dict__, "added_tokens": 30})
+    assert grown.trainable("new_embeddings") == 2 * 30 * 64  # untied: embed_tokens and lm_head rows
+    assert grown.trainable(["new_embeddings", "inserted"]) == 2 * 30 * 64 + grown.per_layer
+
+
+def test_smollm2_ko_recipes_dry_run():
+    for name, count in [("smollm2-ko", 12), ("smollm2-ko-novocab", 9)]:
+        assert dry_run(ROOT / "recipes" / f"{name}.yaml")[-1] == f"dry run OK: {count} stages; nothing was run"
 
 
 def test_unknown_hub_model_offline_is_one_clear_error(tmp_path, monkeypatch):

@@ -140,6 +140,8 @@ class MergeStage(StageFields):
         return self
 
 
+DATA_FIELDS = ("packed", "data")  # fields that name a `data` stage (the others name models)
+
 # Fields that say where a stage runs, not what it makes: they do not enter its hash (changing them
 # reruns nothing).
 WHERE_NOT_WHAT = {"executor", "launch"}
@@ -397,7 +399,7 @@ def _run_sft(cfg, model: Path, out: Path, ctx: RunContext) -> dict:
 
 STAGES: dict[str, StageType] = {
     "data": StageType(lambda: DataStage, _run_data, makes_model=False),
-    "vocab": StageType(lambda: VocabStage, _run_vocab, refs=lambda c: [("packed", c.data)] if c.data else []),
+    "vocab": StageType(lambda: VocabStage, _run_vocab, refs=lambda c: [("data", c.data)] if c.data else []),
     "expand": StageType(lambda: ExpandStage, _run_expand),
     "chat_vector": StageType(
         lambda: ChatVectorStage, _run_chat_vector, refs=lambda c: [("base", c.base or "base"), ("instruct", c.instruct or "instruct")]
@@ -485,8 +487,8 @@ def load_recipe(path: Path) -> tuple[Recipe, list[Stage]]:
         for field, ref in fields + STAGES[stage.type].refs(stage.config):
             if ref in names and names.index(ref) >= i - 1:
                 raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} names a stage that has not run yet")
-            if ref in names and (field == "packed") == STAGES[stages[names.index(ref)].type].makes_model:
-                what = "a `data` stage" if field == "packed" else "a stage that makes a model"
+            if ref in names and (field in DATA_FIELDS) == STAGES[stages[names.index(ref)].type].makes_model:
+                what = "a `data` stage" if field in DATA_FIELDS else "a stage that makes a model"
                 raise LlamakError(f"{path}: stage {i} ({stage.type}): {field} {ref!r} must name {what}")
     return recipe, stages
 
