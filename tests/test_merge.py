@@ -344,7 +344,6 @@ BAD = {
     "no_weight": ("merge_method: ties\nbase_model: {base}\nmodels: [{model: {ft1}}]\n", "no value for parameter 'weight'"),
     "shape": ("merge_method: linear\nmodels: [{model: {ft1}, parameters: {weight: 1}}, {model: {small}, parameters: {weight: 1}}]\n", "shapes differ"),
     "both": ("merge_method: linear\nmodels: [{model: {ft1}}]\nslices: [{sources: [{model: {ft1}, layer_range: [0, 2]}]}]\n", "exactly one of 'models' or 'slices'"),
-    "union": ("merge_method: linear\nmodels: [{model: {ft1}, parameters: {weight: 1}}]\ntokenizer_source: union\n", "'union'"),
     "missing": ("merge_method: linear\nmodels: [{model: /no/such/model, parameters: {weight: 1}}]\n", "no such directory"),
     "stock_two": ("merge_method: model_stock\nbase_model: {base}\nmodels: [{model: {ft1}}]\n", "at least 3"),
     "range": ("merge_method: passthrough\nslices: [{sources: [{model: {ft1}, layer_range: [2, 9]}]}]\n", "layer_range"),

@@ -255,3 +255,76 @@ def test_bits_per_char_is_the_text_likelihood_over_its_characters(llama3_expande
     assert results[out]["languages"]["en"]["bits_per_char"] == pytest.approx(results[base]["languages"]["en"]["bits_per_char"], abs=0.05)
     assert results[out]["languages"]["ko"]["chars_per_token"] > ko["chars_per_token"]
     assert 0 <= results[base]["korean_answers"]["share"] <= 1 and results[base]["tasks"]["ko_answers_in_korean"]["n"] == 2
+
+
+# --------------------------------------------------------------------------- merging across vocabularies
+
+
+def noisy_copy(src: Path, out: Path, seed: int) -> Path:
+    """A sibling of `src` (same tokenizer and vocab_map) with every weight moved a little."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, out)
+    torch.manual_seed(seed)
+    weights = {k: v + 0.05 * torch.randn_like(v) for k, v in load_file(src / "model.safetensors").items()}
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.parametrize("source", ["union", "base"])
+def test_merge_across_vocabularies_matches_mergekit(llama3_pair, tmp_path, source):
+    import yaml
+    from test_merge import run_mergekit
+    from transformers import AutoTokenizer
+
+    from llamak.surgery.merge import merge
+
+    original = llama3_pair[0]
+    expanded = expand_vocabulary(original, CORPUS, tmp_path / "ko", add=40, progress=False).out
+    other = noisy_copy(expanded, tmp_path / "ko2", seed=5)
+    # union: output = the expanded vocabulary; the 40 new tokens are missing in `original`, present in
+    # the base and `other` → they take the base's row. base: output = the original vocabulary.
+    base, models = (expanded, [original, other]) if source == "union" else (original, [expanded, other])
+    config = {"merge_method": "task_arithmetic", "base_model": str(base), "tokenizer_source": source, "dtype": "float32",
+              "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, (0.3, 0.6))]}
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ours = merge(path, tmp_path / "ours", progress=False)
+    theirs = run_mergekit(path, tmp_path / "mergekit")
+    assert any("vocabularies differ" in n for n in ours.notes)
+    ours_w, theirs_w = load_file(tmp_path / "ours" / "model.safetensors"), {}
+    for f in sorted(Path(theirs).glob("*.safetensors")):
+        theirs_w.update(load_file(f))
+    ours_vocab = AutoTokenizer.from_pretrained(tmp_path / "ours").get_vocab()
+    theirs_vocab = AutoTokenizer.from_pretrained(theirs).get_vocab()
+    expected_rows = 128256 + (40 if source == "union" else 0)
+    assert len(ours_vocab) == expected_rows == ours_w["model.embed_tokens.weight"].shape[0]
+    assert set(ours_vocab) == set(theirs_vocab)
+    tokens = sorted(ours_vocab)
+    ours_ids = torch.tensor([ours_vocab[t] for t in tokens])
+    theirs_ids = torch.tensor([theirs_vocab[t] for t in tokens])
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        torch.testing.assert_close(ours_w[name][ours_ids], theirs_w[name][theirs_ids], rtol=1e-5, atol=1e-6)
+    layer = "model.layers.1.self_attn.q_proj.weight"
+    torch.testing.assert_close(ours_w[layer], theirs_w[layer], rtol=1e-5, atol=1e-6)
+    if source == "union":  # ours keeps the expansion's BPE merges (mergekit's would be added tokens)
+        korean = heldout("ko")[0]
+        assert AutoTokenizer.from_pretrained(tmp_path / "ours")(korean).input_ids == AutoTokenizer.from_pretrained(expanded)(korean).input_ids
+
+
+def test_union_of_unrelated_vocabularies_is_refused(llama3_pair, smollm2_tokenizer, tmp_path):
+    import yaml
+
+    from llamak.surgery.merge import merge
+
+    smol = make_llama(tmp_path / "smol", vocab=len(smollm2_tokenizer), seed=6)
+    smollm2_tokenizer.save_pretrained(smol)
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump({"merge_method": "linear", "tokenizer_source": "union",
+                                    "models": [{"model": str(llama3_pair[0]), "parameters": {"weight": 0.5}},
+                                               {"model": str(smol), "parameters": {"weight": 0.5}}]}))
+    with pytest.raises(LlamakError, match="no input's vocabulary contains all the others"):
+        merge(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

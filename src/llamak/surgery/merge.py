@@ -31,6 +31,7 @@ from llamak.surgery.merge_config import DTYPES, MergeConfig, load_merge_config, 
 from llamak.surgery.merge_methods import RANDOM_METHODS, Method
 from llamak.surgery.plan import Compute, Copy, PlannedTensor, execute, layer_name, split_layer_name
 from llamak.surgery.tensors import DEFAULT_SHARD_BYTES, CheckpointReader, TensorSpec
+from llamak.surgery.vocab_align import Alignment, align_rows, is_vocabulary_tensor, plan_alignment
 
 log = logging.getLogger("llamak")
 TRIM_EVERY = 2**30  # bytes merged between returns of freed memory to the OS (see plan.execute)
@@ -135,8 +136,11 @@ def tensor_seed(seed: int, name: str) -> int:
     return seed * 2**32 + zlib.crc32(name.encode())
 
 
-def apply_method(*tensors: torch.Tensor, fn: Callable, cast: torch.dtype | None, **params) -> torch.Tensor:
-    """mergekit's `dtype` casts the inputs before merging; the method then computes block by block in float32."""
+def apply_method(*tensors: torch.Tensor, fn: Callable, cast: torch.dtype | None, align: dict | None = None, **params) -> torch.Tensor:
+    """mergekit's `dtype` casts the inputs before merging; the method then computes block by block in float32.
+    `align`: vocabulary rows laid out in the output's token order first (models with different vocabularies)."""
+    if align is not None:
+        tensors = tuple(align_rows(list(tensors), **align))
     if cast is not None:
         tensors = tuple(t.to(cast) for t in tensors)
     return fn(*tensors, **params)
@@ -145,8 +149,9 @@ def apply_method(*tensors: torch.Tensor, fn: Callable, cast: torch.dtype | None,
 class Planner:
     """Turns a checked config into one `PlannedTensor` per output tensor (no arithmetic here)."""
 
-    def __init__(self, config: MergeConfig, models: dict[str, ModelDir], readers: dict[str, CheckpointReader], seed: int):
-        self.config, self.models, self.readers, self.seed = config, models, readers, seed
+    def __init__(self, config: MergeConfig, models: dict[str, ModelDir], readers: dict[str, CheckpointReader], seed: int,
+                 alignment: Alignment | None = None):
+        self.config, self.models, self.readers, self.seed, self.alignment = config, models, readers, seed, alignment
         self.method = config.method
         self.cast = DTYPES[config.dtype] if config.dtype else None
         self.out_dtype = DTYPES.get(config.out_dtype or config.dtype or "")
@@ -158,11 +163,13 @@ class Planner:
             if name not in self.readers[src.ref]:
                 raise ArchitectureMismatch(f"{src.ref} has no tensor {name} (needed for output tensor {out_name})")
             specs.append(self.readers[src.ref].spec(name))
-        if len({spec.shape for spec in specs}) > 1:
+        align = self.alignment is not None and is_vocabulary_tensor(out_name)
+        compared = {spec.shape[1:] if align else spec.shape for spec in specs}  # aligned: rows may differ
+        if len(compared) > 1:
             shapes = ", ".join(f"{src.ref}: {list(spec.shape)}" for (src, _), spec in zip(inputs, specs))
             raise ArchitectureMismatch(f"tensor {out_name}: shapes differ ({shapes}); merged models must share shapes and vocabulary")
         out_dtype = self.out_dtype or functools.reduce(torch.promote_types, [spec.dtype for spec in specs])
-        out_spec = TensorSpec(out_name, out_dtype, specs[0].shape)
+        out_spec = TensorSpec(out_name, out_dtype, (self.alignment.rows, *specs[0].shape[1:]) if align else specs[0].shape)
 
         method = self.method
         if method.base == "required":  # base first, per-input parameters aligned with the others
@@ -180,7 +187,9 @@ class Planner:
                     resolve(p, [src.params, s.params, self.config.parameters], name, t, f"{method.name}: model {src.ref}")
                     for src, name in per_input
                 ]
-        if method.name == "passthrough" and params["scale"] == [None] and out_dtype == specs[0].dtype and self.cast is None:
+        if align:
+            params["align"] = self.alignment.inputs([src.ref for src, _ in ordered])
+        elif method.name == "passthrough" and params["scale"] == [None] and out_dtype == specs[0].dtype and self.cast is None:
             self.copied += 1
             return PlannedTensor(out_spec, Copy(inputs[0][0].ref, inputs[0][1]))
         if "lambda" in params:
@@ -254,22 +263,30 @@ def merge(
     template = config.base_model or slices[0].sources[0].ref  # config, non-layer tensor names, side files
     result = MergeResult(Path(out), config.merge_method, sum(s.length for s in slices))
     layer_map = output_layer_map(slices, models, result.notes)
+    alignment = plan_alignment(models, config.base_model, config.tokenizer_source, template)
+    if alignment is not None:
+        result.notes.append(f"vocabularies differ: rows laid out in {alignment.source}'s vocabulary ({alignment.rows:,} rows), "
+                            "a token a model lacks takes mergekit's default row")
     readers = {ref: m.reader() for ref, m in models.items()}
     try:
-        planner = Planner(config, models, readers, seed)
+        planner = Planner(config, models, readers, seed, alignment)
         plan = planner.plan(slices, template)
         result.computed, result.copied = planner.computed, planner.copied
         with atomic_output(Path(out), overwrite) as tmp:
             execute(
                 plan, readers, tmp, max_shard_bytes, workers, f"merge ({config.merge_method})", progress, trim_every=TRIM_EVERY
             )
-            tokenizer_ref = {None: template, "base": template}.get(config.tokenizer_source, config.tokenizer_source)
+            tokenizer_ref = alignment.source if alignment else {None: template, "base": template, "union": template}.get(
+                config.tokenizer_source, config.tokenizer_source)
             if tokenizer_ref not in models:
                 raise LlamakError(f"tokenizer_source {tokenizer_ref!r}: not one of the merged models")
             copy_side_files(models[tokenizer_ref].path, tmp)
             if config.chat_template:
                 (tmp / "chat_template.jinja").write_text(config.chat_template)
-            write_config(tmp, output_config(models[template].config, slices, plan))
+            config_out = output_config(models[template].config, slices, plan)
+            if alignment is not None:
+                config_out["vocab_size"] = alignment.rows
+            write_config(tmp, config_out)
             (tmp / "merge.yaml").write_text(yaml.safe_dump({**config.model_dump(exclude_none=True), "seed": seed}, allow_unicode=True, sort_keys=False))
             identity = layer_map == identity_layer_map(len(layer_map))
             lineage = make_lineage(

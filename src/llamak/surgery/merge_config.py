@@ -11,7 +11,7 @@ models:                             # or `slices:` (explicit layer ranges), not 
       weight: [{filter: self_attn, value: 0.7}, {value: 0.3}]   # per-tensor filters: first match wins
 parameters: {normalize: true}
 dtype: float32                      # inputs are cast to this; out_dtype (default: dtype) is written
-tokenizer_source: base              # base | a model; `union` is refused (it rewrites vocabularies)
+tokenizer_source: base              # base | union | a model (vocabularies may differ: see vocab_align.py)
 ```
 
 A parameter is looked up, most specific first, in the model's own `parameters` (its slice source),
@@ -19,7 +19,7 @@ the slice's, then the top-level `parameters`. A list of numbers is a gradient: l
 `n`-layer slice reads position `i/(n−1)` of the list, linearly interpolated; embeddings and the final
 norm/head read position 0. A list of `{filter, value}` picks the first whose filter is a substring of
 the tensor's name (no filter or `*` matches all). Everything mergekit accepts that llamak does not
-implement (other methods, `modules`, union tokenizers, LoRA references) is refused with one line.
+implement (other methods, `modules`, token additions, LoRA references) is refused with one line.
 """
 
 from __future__ import annotations
@@ -139,11 +139,6 @@ def check_config(raw: dict, where: str = "") -> MergeConfig:
         if config.tokenizer_source:
             raise LlamakError(f"{where}give either 'tokenizer' or 'tokenizer_source', not both")
         config = config.model_copy(update={"tokenizer_source": config.tokenizer.get("source"), "tokenizer": None})
-    if config.tokenizer_source == "union":
-        raise LlamakError(
-            f"{where}field 'tokenizer_source': 'union' builds a new vocabulary and permutes embeddings; llamak "
-            "merges models that share one tokenizer (use base or a model)"
-        )
     if config.chat_template is not None and "{%" not in config.chat_template and "{{" not in config.chat_template:
         raise LlamakError(f"{where}field 'chat_template': give a Jinja template string (named templates are mergekit's)")
     for ref in config.model_refs():
