@@ -22,7 +22,8 @@
    output rows would score every new token as an unlikely average and the model would first
    have to learn to produce them at all. With tied embeddings (SmolLM2) one row serves both: the mean.
    Old rows are copied byte for byte, so on text without Hangul the logits of every old id are
-   unchanged; only the new tokens take some probability mass (measured by `llamak vocab expand`).
+   unchanged; only the new tokens take some probability mass (on English, with SmolLM2 and 6,349
+   new tokens: 0.003–0.03 % on average, README).
 
 The map of every new id to the old ids it replaces is written to `vocab_map.json` beside the
 weights (it travels with the model's side files) and summarised in `llamak.json`.

@@ -196,6 +196,7 @@ def unfreeze_new_embeddings(model, new_ids: range, modules=None) -> int:
 
 
 def add_lora(model, lora: LoraSettings, layer_map: LayerMap, new_ids: range | None = None):
+    """The model with LoRA adapters, and the number of parameters whose gradient is masked to 0."""
     from peft import LoraConfig, get_peft_model
 
     layers = None
@@ -217,9 +218,7 @@ def add_lora(model, lora: LoraSettings, layer_map: LayerMap, new_ids: range | No
     head = model.get_output_embeddings()
     untied_head = new_ids and head is not None and head.weight is not model.get_input_embeddings().weight
     model = get_peft_model(model, config)
-    if untied_head:
-        unfreeze_new_embeddings(model, new_ids, [head])
-    return model
+    return model, unfreeze_new_embeddings(model, new_ids, [head]) if untied_head else 0
 
 
 def prepare_trainable(model, mode: str | list[str], settings: TrainSettings, layer_map: LayerMap, new_ids: range | None = None):
@@ -235,7 +234,7 @@ def prepare_trainable(model, mode: str | list[str], settings: TrainSettings, lay
             raise LlamakError(f"trainable: new_embeddings under {current_sharding()} is not supported yet (its row mask needs whole "
                               "embedding gradients); use ddp or none")
     if "lora" in parts:
-        model = add_lora(model, settings.lora, layer_map, new_ids if "new_embeddings" in parts else None)
+        model, masked = add_lora(model, settings.lora, layer_map, new_ids if "new_embeddings" in parts else None)
     elif "all" not in parts:
         model.requires_grad_(False)
         if "inserted" in parts:
