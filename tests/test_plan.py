@@ -193,7 +193,7 @@ def test_shape_trainable_modes():
 
 
 def test_smollm2_ko_recipes_dry_run():
-    for name, count in [("smollm2-ko", 12), ("smollm2-ko-novocab", 9)]:
+    for name, count in [("smollm2-ko", 12), ("smollm2-ko-novocab", 9), ("smollm2-ko-gpu", 12)]:
         assert dry_run(ROOT / "recipes" / f"{name}.yaml")[-1] == f"dry run OK: {count} stages; nothing was run"
 
 
