@@ -79,7 +79,9 @@ def plan_alignment(models: dict[str, ModelDir], base: str | None, tokenizer_sour
             )
     else:
         source = {None: template, "base": base or template}.get(tokenizer_source, tokenizer_source)
-    if vocabs.get(source) is None:
+    if source not in models:
+        raise LlamakError(f"tokenizer_source {source!r}: not one of the merged models")
+    if vocabs[source] is None:
         raise LlamakError(f"tokenizer_source {source!r}: the models' vocabularies differ and {source} has no tokenizer.json")
     out_rows = rows[source]
     token_of = {i: t for t, i in vocabs[source].items()}
