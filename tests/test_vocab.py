@@ -328,3 +328,20 @@ def test_union_of_unrelated_vocabularies_is_refused(llama3_pair, smollm2_tokeniz
     with pytest.raises(LlamakError, match="no input's vocabulary contains all the others"):
         merge(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_packed_rows_stay_valid_when_a_stage_saves_the_same_tokenizer_again(llama3_expanded, tmp_path):
+    """A training stage re-saves the tokenizer through transformers (other bytes, same tokenizer):
+    rows packed for the vocab stage's tokenizer must still be accepted by a later CPT stage."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from llamak.data.pack import tokenizer_fingerprint
+
+    base, out, _ = llama3_expanded
+    resaved = tmp_path / "resaved"
+    AutoTokenizer.from_pretrained(out).save_pretrained(resaved)
+    assert (resaved / "tokenizer.json").read_bytes() != (out / "tokenizer.json").read_bytes()
+    assert tokenizer_fingerprint(resaved) == tokenizer_fingerprint(out) != tokenizer_fingerprint(base)
+    shutil.rmtree(resaved)

@@ -23,12 +23,18 @@ SHARD_TOKENS = 50_000_000  # a task flushes a shard every ~50M tokens (~400 MB a
 
 
 def tokenizer_fingerprint(model_dir: Path) -> str:
-    """Hash of the tokenizer files: packed shards are only valid for the tokenizer that made them."""
-    from llamak.lineage import file_fingerprint
+    """Hash of the tokenizer: packed shards are only valid for the tokenizer that made them.
 
-    if not (model_dir / "tokenizer.json").is_file():
+    The hash is of `tokenizers`' own serialisation of the loaded tokenizer, not of the file's bytes:
+    a training stage saves the same tokenizer again through transformers, in other bytes."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
         raise LlamakError(f"{model_dir}: has no tokenizer.json (packing needs a fast tokenizer)")
-    return file_fingerprint(model_dir / "tokenizer.json")
+    return hashlib.sha256(Tokenizer.from_file(str(path)).to_str().encode()).hexdigest()
 
 
 class PackShards(TokenizerStep):
