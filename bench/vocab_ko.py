@@ -1,10 +1,11 @@
-"""The smollm2-ko table: what Korean vocabulary expansion bought, from two finished recipe runs.
+"""The smollm2-ko table: what Korean vocabulary expansion bought.
 
     llamak run recipes/smollm2-ko.yaml && llamak run recipes/smollm2-ko-novocab.yaml
-    python bench/vocab_ko.py            # markdown table + the issue's goals, vs the original SmolLM2
+    python bench/vocab_ko.py                       # from the two runs' eval stages
+    python bench/vocab_ko.py --evals runs/compare  # from `llamak eval … --out runs/compare/LABEL` folders
 
-Reads runs/<name>/eval/comparison.json (the eval stage's scores per model) and the stage timings
-from runs/<name>/manifest.json.
+Prints a markdown table (bits/char, chars/token, Korean answers, ko-mini, en-mini per model) and the
+issue's goals for the last model against the first (the original SmolLM2).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from llamak.evaluate.runner import scores
 
 METRICS = [
     ("bits/ko_bits_per_char", "ko bits/char", 3),
@@ -23,42 +26,39 @@ METRICS = [
 ]
 
 
-def load(run: Path) -> tuple[dict, dict]:
-    comparison = json.loads((run / "eval" / "comparison.json").read_text())
-    manifest = json.loads((run / "manifest.json").read_text())
-    return comparison, manifest
+def from_runs(runs: Path) -> dict[str, dict]:
+    rows = {}
+    for name in ("smollm2-ko", "smollm2-ko-novocab"):
+        comparison = json.loads((runs / name / "eval" / "comparison.json").read_text())
+        for model in comparison["models"]:
+            label = "original SmolLM2" if model == "base" else f"{name}: {model}"
+            rows.setdefault(label, {k: v.get(model) for k, v in comparison["scores"].items()})
+    return rows
 
 
-def seconds(manifest: dict) -> float:
-    return sum(s.get("seconds") or 0 for s in manifest.get("stages", {}).values())
+def from_evals(folder: Path, labels: list[str]) -> dict[str, dict]:
+    return {label: scores(json.loads((folder / label / "eval.json").read_text())["suites"]) for label in labels}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--evals", type=Path, help="folder of `llamak eval --out` results, one subfolder per model")
+    parser.add_argument("--labels", default="base,vocab,embeddings,cpt,novocab-cpt", help="subfolders of --evals, in table order")
     args = parser.parse_args()
-    rows = []
-    for name in ("smollm2-ko", "smollm2-ko-novocab"):
-        comparison, manifest = load(args.runs / name)
-        scores = comparison["scores"]
-        for model in comparison["models"]:
-            if name.endswith("novocab") and model == "base":
-                continue  # the same original model as in smollm2-ko
-            label = "original SmolLM2" if model == "base" else f"{name}: {model}"
-            rows.append([label] + [scores.get(key, {}).get(model) for key, _, _ in METRICS])
-        print(f"{name}: {seconds(manifest) / 60:.0f} minutes of stages")
-    print()
+    rows = from_evals(args.evals, args.labels.split(",")) if args.evals else from_runs(args.runs)
     print("| model | " + " | ".join(title for _, title, _ in METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
-    for label, *values in rows:
-        cells = ["—" if v is None else f"{v:.{digits}f}" for v, (_, _, digits) in zip(values, METRICS)]
+    for label, values in rows.items():
+        cells = ["—" if values.get(k) is None else f"{values[k]:.{digits}f}" for k, _, digits in METRICS]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    original = rows[0]
-    for label, *values in rows[1:]:
-        if label.endswith(": merge"):
-            ko, en, density, answers = values[0] / original[1] - 1, values[1] / original[2] - 1, values[2], values[3]
-            print(f"\n{label}: ko bits/char {100 * ko:+.1f} % (goal ≤ −30 %), en bits/char {100 * en:+.1f} % (goal ≤ +2 %), "
-                  f"ko chars/token {density:.2f} (goal ≥ 1.5), Korean answers {answers:.2f} (goal ≥ 0.90)")
+    (first, original), *others = rows.items()
+    for label, values in others:
+        ko = values["bits/ko_bits_per_char"] / original["bits/ko_bits_per_char"] - 1
+        en = values["bits/en_bits_per_char"] / original["bits/en_bits_per_char"] - 1
+        print(f"{label} vs {first}: ko bits/char {100 * ko:+.1f} % (goal ≤ −30 %), en bits/char {100 * en:+.1f} % (goal ≤ +2 %), "
+              f"ko chars/token {values['bits/ko_chars_per_token']:.2f} (goal ≥ 1.5), "
+              f"Korean answers {values['bits/ko_answers_in_korean']:.2f} (goal ≥ 0.90)")
 
 
 if __name__ == "__main__":
