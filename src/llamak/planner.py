@@ -154,7 +154,7 @@ def shapes(recipe, stages, where: str = "recipe", override=None) -> list[StageSh
             others = [(r, shape_of(r, f"{here}: models")) for r in refs]
             first_ref, first = others[0]
             for ref, other in others[1:]:
-                if _width(other) != _width(first) or other.layers != first.layers:
+                if _width(other)[:-1] != _width(first)[:-1] or other.layers != first.layers:  # vocabularies may differ
                     raise LlamakError(f"{here}: models {first_ref!r} ({_describe(first)}) and {ref!r} ({_describe(other)}) do not share a shape")
             made = first
         elif STAGES[stage.type].trains:
